@@ -1,0 +1,1 @@
+//! `DockerRuntime`: the `ContainerRuntime` over a Docker Engine, through bollard.

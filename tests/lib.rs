@@ -1,0 +1,1 @@
+//! Shared helpers for clonepool's end-to-end tests (real Docker Engine, real workload image).
