@@ -2,3 +2,19 @@
 //! container runtime layer underneath them.
 
 pub mod runtime;
+
+// The agent layer above the runtime.
+pub mod admin;
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod ctl;
+pub mod debug_socket;
+pub mod fingerprint;
+pub mod metrics;
+pub mod pod_commands;
+pub mod pool;
+pub mod provision;
+pub mod reset;
+pub mod secrets;
+pub mod store;

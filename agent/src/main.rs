@@ -1,3 +1,63 @@
+//! `clonepool-agent`: parses the configuration, connects to the Docker Engine, runs the agent
+//! until SIGTERM/SIGINT, then shuts down gracefully.
+
+use anyhow::Context;
+use clonepool_agent::app;
+use clonepool_agent::config::AgentConfig;
+use clonepool_agent::provision::HttpSiteProbe;
+use clonepool_agent::runtime::DockerRuntime;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("clonepool-agent: not built yet")
+    let config = match AgentConfig::from_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("clonepool-agent: {e}");
+            std::process::exit(2);
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("CLONEPOOL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(8)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?
+        .block_on(run(config))
+}
+
+async fn run(config: AgentConfig) -> anyhow::Result<()> {
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let socket = config.docker_socket.clone();
+    let mut delay = Duration::from_millis(500);
+    let runtime = loop {
+        match DockerRuntime::connect(socket.as_deref()).await {
+            Ok(r) => break r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reach the Docker Engine yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = term.recv() => return Ok(()),
+                    _ = int.recv() => return Ok(()),
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    let agent = app::start(config, Arc::new(runtime), Arc::new(HttpSiteProbe::new())).await?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    agent.shutdown(app::SHUTDOWN_GRACE).await;
+    Ok(())
 }

@@ -5,6 +5,7 @@
 //! - `POST /v1/claim` [`ClaimRequest`] → 200 [`ClaimResponse`]; 503 `no_warm_pod` when none is WARM.
 //!   Idempotent per `clone_id`: asking again returns the same pod and credentials.
 //! - `POST /v1/release` [`ReleaseRequest`] → 202 [`ReleaseResponse`]; the pod is reset and returns to WARM.
+//! - `POST /v1/ready` [`ReadyRequest`] → 200 [`PodSummary`]; the clone's import is done (ASSIGNED → READY).
 //! - `GET /v1/capacity` → [`Capacity`].
 //! - `GET /v1/pods`, `GET /v1/pods/{pod_id}` → [`PodSummary`].
 
@@ -72,6 +73,13 @@ pub struct ReleaseRequest {
 pub struct ReleaseResponse {
     pub pod_id: PodId,
     pub state: PodState,
+}
+
+/// The clone's pod has its site imported and serves it: ASSIGNED → READY.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadyRequest {
+    pub clone_id: CloneId,
 }
 
 /// Pods of one node by state, and the most it may hold.

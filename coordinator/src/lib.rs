@@ -1,2 +1,315 @@
 //! The clonepool coordinator: the HTTPS API users call, the durable job engine, the agent
-//! registry and router, the cold provisioner, the TTL reaper and the edge proxy.
+//! registry and router, the cold fallback, the TTL reaper and the edge proxy.
+//!
+//! [`start`] brings every piece up (in-process, for tests and embedding) and returns a handle
+//! with the bound addresses; [`run`] is what the binary calls.
+
+pub mod admin;
+pub mod agent_client;
+pub mod api_error;
+pub mod auth;
+pub mod client;
+pub mod config;
+pub mod edge;
+pub mod http_api;
+pub mod jobs;
+pub mod metrics;
+pub mod openapi;
+pub mod private_files;
+pub mod reaper;
+pub mod registry;
+pub mod router;
+pub mod server;
+pub mod store;
+pub mod timestamps;
+pub mod tls;
+pub mod url_guard;
+pub mod validation;
+
+#[cfg(test)]
+mod api_tests;
+
+use crate::agent_client::{AgentClient, AgentToken, HttpAgentClient};
+use crate::auth::{ApiTokens, TokenSource};
+use crate::config::{Config, ConfigError};
+use crate::edge::{EdgeProxy, EdgeRoutes};
+use crate::jobs::{EngineSettings, JobEngine};
+use crate::metrics::Metrics;
+use crate::reaper::Reaper;
+use crate::registry::AgentRegistry;
+use crate::router::Router;
+use crate::store::{Store, StoreError};
+use crate::tls::{TlsError, TlsFiles};
+use crate::url_guard::{SystemLookup, UrlPolicy};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long running jobs get to finish at shutdown before they are left to the next start.
+const JOB_DRAIN: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Files(#[from] private_files::PrivateFileError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running coordinator.
+pub struct Coordinator {
+    pub api_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub edge_addr: SocketAddr,
+    pub tls: TlsFiles,
+    pub tokens: TokenSource,
+    pub data_dir: PathBuf,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+fn url_host(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() || addr.ip().is_loopback() {
+        format!("localhost:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
+impl Coordinator {
+    /// `https://localhost:{port}` (or the bound address when it is not local).
+    pub fn api_url(&self) -> String {
+        format!("https://{}", url_host(self.api_addr))
+    }
+
+    pub fn admin_url(&self) -> String {
+        format!("http://{}", self.admin_addr)
+    }
+
+    /// `http://{clone}.localhost:{port}` pattern of clone URLs.
+    pub fn edge_port(&self) -> u16 {
+        self.edge_addr.port()
+    }
+
+    /// Stops accepting work, lets running jobs finish (up to a limit), and stops every task.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, CoordinatorError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CoordinatorError::Bind { what, addr, source })
+}
+
+/// Starts the coordinator: state, TLS, token, listeners, recovery of interrupted jobs, and the
+/// background loops. Returns once it is ready to serve.
+pub async fn start(config: Config) -> Result<Coordinator, CoordinatorError> {
+    config.validate()?;
+    let agent_token = AgentToken::from_file(config.agent_token_file.clone());
+    let clients: Vec<Arc<dyn AgentClient>> = config
+        .agent_urls
+        .iter()
+        .map(|url| {
+            Arc::new(HttpAgentClient::new(
+                url,
+                agent_token.clone(),
+                config.agent_timeout(),
+            )) as Arc<dyn AgentClient>
+        })
+        .collect();
+    start_with_agents(config, clients, agent_token).await
+}
+
+/// [`start`] with the given agent clients (the seam tests use) and the agent token that
+/// authenticates capacity pushes.
+pub async fn start_with_agents(
+    config: Config,
+    clients: Vec<Arc<dyn AgentClient>>,
+    agent_token: AgentToken,
+) -> Result<Coordinator, CoordinatorError> {
+    config.validate()?;
+    private_files::ensure_private_dir(&config.data_dir)?;
+    let (api_tokens, tokens) =
+        ApiTokens::load_or_generate(&config.api_token_path(), &config.api_tokens_from_env)?;
+    let operator_tls = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
+    let (tls_config, tls) =
+        tls::server_config(operator_tls, &config.data_dir, &config.tls_extra_names)?;
+    let store = Store::open(&config.db_path())?.with_minute_ms(config.ttl_minute_ms as i64);
+    let metrics = Metrics::new();
+    let registry = Arc::new(AgentRegistry::new(clients, config.agent_stale()));
+    let _ = tokio::time::timeout(Duration::from_secs(3), registry.poll_all()).await;
+
+    let api_listener = bind("API", config.listen).await?;
+    let admin_listener = bind("admin", config.admin_listen).await?;
+    let edge_listener = bind("edge proxy", config.edge_listen).await?;
+    let api_addr = api_listener
+        .local_addr()
+        .expect("a bound socket has an address");
+    let admin_addr = admin_listener
+        .local_addr()
+        .expect("a bound socket has an address");
+    let edge_addr = edge_listener
+        .local_addr()
+        .expect("a bound socket has an address");
+
+    let edge_routes = EdgeRoutes::default();
+    for clone in store.ready_clones().await? {
+        edge_routes.insert(&clone);
+    }
+    let reaper = Arc::new(Reaper::new(
+        store.clone(),
+        registry.clone(),
+        edge_routes.clone(),
+        metrics.clone(),
+    ));
+    let router = Arc::new(Router::new(registry.clone(), config.placement));
+    let engine = Arc::new(JobEngine::new(
+        store.clone(),
+        router,
+        reaper.clone(),
+        edge_routes.clone(),
+        metrics.clone(),
+        EngineSettings {
+            max_concurrent: config.max_concurrent_jobs,
+            max_attempts: config.job_max_attempts,
+            backoff_base: Duration::from_millis(config.retry_backoff_ms),
+        },
+    ));
+    engine.recover().await?;
+
+    let state = http_api::AppState {
+        store: store.clone(),
+        engine: engine.clone(),
+        reaper: reaper.clone(),
+        registry: registry.clone(),
+        edge: edge_routes.clone(),
+        policy: Arc::new(
+            UrlPolicy::new(&config.url_allow_hosts)
+                .rejecting_unresolvable(config.url_reject_unresolvable),
+        ),
+        lookup: Arc::new(SystemLookup),
+        api_tokens,
+        agent_token,
+        limits: http_api::Limits {
+            max_body_bytes: config.max_body_bytes,
+            max_queued_jobs: config.max_queued_jobs,
+            default_ttl_minutes: config.default_ttl_minutes,
+            dns_timeout: Duration::from_millis(config.dns_timeout_ms),
+        },
+        clone_urls: http_api::CloneUrls {
+            domain: config.edge_domain.trim_matches('.').to_string(),
+            port: config.edge_public_port.unwrap_or(edge_addr.port()),
+        },
+        openapi: Arc::new(openapi::document()),
+    };
+    let ready = Arc::new(AtomicBool::new(false));
+    let admin_state = admin::AdminState {
+        store: store.clone(),
+        registry: registry.clone(),
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    };
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(server::serve_tls(
+            api_listener,
+            tls_config,
+            http_api::router(state),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(serve_plain(
+            admin_listener,
+            admin::router(admin_state),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(serve_plain(
+            edge_listener,
+            EdgeProxy::new(edge_routes, &config.edge_domain).router(),
+            shutdown_rx.clone(),
+        )),
+        tokio::spawn(
+            registry
+                .clone()
+                .run_heartbeats(config.capacity_poll(), shutdown_rx.clone()),
+        ),
+        tokio::spawn(reaper.run(config.reaper_interval(), shutdown_rx.clone())),
+        tokio::spawn(engine.run(shutdown_rx, JOB_DRAIN)),
+    ];
+    ready.store(true, Ordering::Release);
+
+    let coordinator = Coordinator {
+        api_addr,
+        admin_addr,
+        edge_addr,
+        tls,
+        tokens,
+        data_dir: config.data_dir.clone(),
+        shutdown: shutdown_tx,
+        tasks,
+    };
+    tracing::info!(
+        api = %coordinator.api_url(),
+        admin = %coordinator.admin_url(),
+        edge = %format!("http://{{clone}}.{}:{}", config.edge_domain, edge_addr.port()),
+        token_file = %coordinator.tokens.path.display(),
+        token_generated = coordinator.tokens.generated,
+        ca = %coordinator.tls.ca.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(operator certificate)".into()),
+        agents = ?config.agent_urls,
+        "coordinator ready"
+    );
+    Ok(coordinator)
+}
+
+async fn serve_plain(
+    listener: TcpListener,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let served = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
+    if let Err(err) = served {
+        tracing::error!(error = %err, "a plain-HTTP listener stopped");
+    }
+}
+
+/// Runs the coordinator until `shutdown` completes, then shuts it down gracefully.
+pub async fn run(
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), CoordinatorError> {
+    let coordinator = start(config).await?;
+    shutdown.await;
+    tracing::info!("shutting down: no new work; running jobs get {JOB_DRAIN:?} to finish");
+    coordinator.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -188,7 +188,9 @@ impl ExecOutput {
 pub enum RuntimeEventKind {
     Started,
     /// The container's main process exited (or was killed); `exit_code` when known.
-    Died { exit_code: Option<i64> },
+    Died {
+        exit_code: Option<i64>,
+    },
     /// The kernel's OOM killer hit the container.
     OutOfMemory,
     Destroyed,

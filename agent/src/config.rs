@@ -1,0 +1,419 @@
+//! The agent's typed configuration: command-line flags and `CLONEPOOL_*` environment variables,
+//! validated together so every bad value is reported at once.
+
+use clap::Parser;
+use clonepool_common::ids::NodeName;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How a released pod is turned back into a clean WARM pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ResetMethod {
+    /// In place: kill stray processes, restore wp-content from the pod's pristine copy, clean
+    /// /tmp, sessions and crontabs; drop every non-system database and user and load the pod's
+    /// pristine SQL dump; fresh DB password and salts.
+    Sql,
+    /// Like `sql`, but WordPress is installed again (`clonepool-wp-install`) instead of loading
+    /// the pristine dump.
+    Reinstall,
+    /// Recreate the web container from the image; the database is reset like `sql`.
+    RecreateWeb,
+}
+
+impl ResetMethod {
+    pub const ALL: [ResetMethod; 3] = [
+        ResetMethod::Sql,
+        ResetMethod::Reinstall,
+        ResetMethod::RecreateWeb,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetMethod::Sql => "sql",
+            ResetMethod::Reinstall => "reinstall",
+            ResetMethod::RecreateWeb => "recreate-web",
+        }
+    }
+}
+
+impl fmt::Display for ResetMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ResetMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ResetMethod::ALL
+            .into_iter()
+            .find(|m| m.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<_> = ResetMethod::ALL.iter().map(|m| m.as_str()).collect();
+                format!("unknown reset method {s:?} (one of: {})", names.join(", "))
+            })
+    }
+}
+
+/// The fastest method that passes verification (see docs/benchmarks.md).
+pub const DEFAULT_RESET_METHOD: ResetMethod = ResetMethod::Sql;
+
+/// The flags and variables as given, before validation. Numbers are taken as text so that every
+/// bad value can be reported together instead of stopping at the first.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "clonepool-agent",
+    version,
+    about = "The clonepool node agent: keeps warm WordPress pods ready and resets them fast"
+)]
+pub struct RawConfig {
+    /// Directory for the state file, the token and the debug socket.
+    #[arg(long, env = "CLONEPOOL_DATA_DIR", default_value = "./.clonepool/agent")]
+    pub data_dir: PathBuf,
+    /// Name of this node (a DNS label); defaults to the host name, lower-cased.
+    #[arg(long, env = "CLONEPOOL_NODE")]
+    pub node: Option<String>,
+    /// Workload image reference (built by images/wordpress/build).
+    #[arg(
+        long,
+        env = "CLONEPOOL_IMAGE",
+        default_value = "clonepool/wordpress:current"
+    )]
+    pub image: String,
+    /// WARM pods to keep on top of the assigned and serving ones.
+    #[arg(long, env = "CLONEPOOL_WARM_TARGET", default_value = "2")]
+    pub warm_target: String,
+    /// Most pods (in any state) this node holds.
+    #[arg(long, env = "CLONEPOOL_MAX_PODS", default_value = "6")]
+    pub max_pods: String,
+    /// Pods created at the same time.
+    #[arg(long, env = "CLONEPOOL_CREATE_PARALLELISM", default_value = "2")]
+    pub create_parallelism: String,
+    /// Address of the agent API (claim, release, capacity, pods).
+    #[arg(long, env = "CLONEPOOL_API_LISTEN", default_value = "127.0.0.1:7411")]
+    pub api_listen: String,
+    /// Address of the admin port (/livez, /readyz, /metrics).
+    #[arg(long, env = "CLONEPOOL_ADMIN_LISTEN", default_value = "127.0.0.1:7412")]
+    pub admin_listen: String,
+    /// File holding the API bearer token; generated (mode 0600) when absent. Default: <data-dir>/token.
+    #[arg(long, env = "CLONEPOOL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Docker Engine socket (unix path or URL); default: the engine's usual socket.
+    #[arg(long, env = "CLONEPOOL_DOCKER_SOCKET")]
+    pub docker_socket: Option<String>,
+    /// Docker network the pods join.
+    #[arg(long, env = "CLONEPOOL_NETWORK", default_value = "clonepool")]
+    pub network: String,
+    /// CPU limit of each db container, in thousandths of a core.
+    #[arg(long, env = "CLONEPOOL_DB_CPU_MILLIS", default_value = "1000")]
+    pub db_cpu_millis: String,
+    /// Memory limit of each db container, in MiB.
+    #[arg(long, env = "CLONEPOOL_DB_MEMORY_MB", default_value = "384")]
+    pub db_memory_mb: String,
+    /// CPU limit of each web container, in thousandths of a core.
+    #[arg(long, env = "CLONEPOOL_WEB_CPU_MILLIS", default_value = "1000")]
+    pub web_cpu_millis: String,
+    /// Memory limit of each web container, in MiB.
+    #[arg(long, env = "CLONEPOOL_WEB_MEMORY_MB", default_value = "384")]
+    pub web_memory_mb: String,
+    /// How released pods are reset: sql, reinstall or recreate-web.
+    #[arg(long, env = "CLONEPOOL_RESET_METHOD", default_value = DEFAULT_RESET_METHOD.as_str())]
+    pub reset_method: String,
+    /// Coordinator URL the agent POSTs its capacity to (with its token); none: no push.
+    #[arg(long, env = "CLONEPOOL_COORDINATOR_URL")]
+    pub coordinator_url: Option<String>,
+    /// Seconds between capacity pushes.
+    #[arg(long, env = "CLONEPOOL_PUSH_INTERVAL_SECS", default_value = "10")]
+    pub push_interval_secs: String,
+    /// Seconds between full reconcile passes (events wake it earlier).
+    #[arg(long, env = "CLONEPOOL_RECONCILE_INTERVAL_SECS", default_value = "10")]
+    pub reconcile_interval_secs: String,
+    /// Extra label `key=value` put on every pod container (repeatable), e.g. clonepool.test=true.
+    #[arg(
+        long = "pod-label",
+        env = "CLONEPOOL_POD_LABELS",
+        value_delimiter = ','
+    )]
+    pub pod_labels: Vec<String>,
+}
+
+/// One container's limits as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub cpu_millis: u64,
+    pub memory_mb: u64,
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub data_dir: PathBuf,
+    pub node: NodeName,
+    pub image: String,
+    pub warm_target: u32,
+    pub max_pods: u32,
+    pub create_parallelism: u32,
+    pub api_listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub token_file: PathBuf,
+    pub docker_socket: Option<String>,
+    pub network: String,
+    pub db_limits: Limits,
+    pub web_limits: Limits,
+    pub reset_method: ResetMethod,
+    pub coordinator_url: Option<String>,
+    pub push_interval: Duration,
+    pub reconcile_interval: Duration,
+    pub pod_labels: Vec<(String, String)>,
+}
+
+/// Every problem found in the configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .problems.join("\n  - "))]
+pub struct ConfigError {
+    pub problems: Vec<String>,
+}
+
+fn number<T>(problems: &mut Vec<String>, name: &str, value: &str, min: T, max: T) -> Option<T>
+where
+    T: FromStr + PartialOrd + fmt::Display + Copy,
+{
+    match value.trim().parse::<T>() {
+        Ok(v) if v >= min && v <= max => Some(v),
+        Ok(_) => {
+            problems.push(format!(
+                "{name} must be between {min} and {max} (got {value:?})"
+            ));
+            None
+        }
+        Err(_) => {
+            problems.push(format!("{name} must be a whole number (got {value:?})"));
+            None
+        }
+    }
+}
+
+/// This machine's host name, lower-cased (from /proc, then $HOSTNAME).
+pub fn host_name() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_ascii_lowercase())
+        .filter(|h| !h.is_empty())
+}
+
+impl AgentConfig {
+    /// Parses flags and environment, then validates.
+    pub fn from_args() -> Result<Self, ConfigError> {
+        Self::from_raw(RawConfig::parse())
+    }
+
+    pub fn from_raw(raw: RawConfig) -> Result<Self, ConfigError> {
+        let mut p = Vec::new();
+
+        let node_text = raw
+            .node
+            .clone()
+            .or_else(host_name)
+            .unwrap_or_else(|| "localhost".into());
+        let node = match node_text.parse::<NodeName>() {
+            Ok(n) => Some(n),
+            Err(e) => {
+                p.push(format!("node: {e} (set --node / CLONEPOOL_NODE)"));
+                None
+            }
+        };
+        if raw.image.trim().is_empty() {
+            p.push("image must not be empty (set --image / CLONEPOOL_IMAGE)".into());
+        }
+        let warm_target = number(&mut p, "warm-target", &raw.warm_target, 0u32, 1000);
+        let max_pods = number(&mut p, "max-pods", &raw.max_pods, 1u32, 1000);
+        if let (Some(w), Some(m)) = (warm_target, max_pods) {
+            if w > m {
+                p.push(format!("warm-target ({w}) must not exceed max-pods ({m})"));
+            }
+        }
+        let create_parallelism = number(
+            &mut p,
+            "create-parallelism",
+            &raw.create_parallelism,
+            1u32,
+            64,
+        );
+        let mut addr = |name: &str, v: &str| match v.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                p.push(format!(
+                    "{name} must be an address like 127.0.0.1:7411 (got {v:?})"
+                ));
+                None
+            }
+        };
+        let api_listen = addr("api-listen", &raw.api_listen);
+        let admin_listen = addr("admin-listen", &raw.admin_listen);
+        if let (Some(a), Some(b)) = (api_listen, admin_listen) {
+            if a == b && a.port() != 0 {
+                p.push(format!("api-listen and admin-listen are both {a}"));
+            }
+        }
+        if raw.network.trim().is_empty() {
+            p.push("network must not be empty".into());
+        }
+        let db_cpu = number(&mut p, "db-cpu-millis", &raw.db_cpu_millis, 50u64, 64_000);
+        let db_mem = number(&mut p, "db-memory-mb", &raw.db_memory_mb, 128u64, 1 << 20);
+        let web_cpu = number(&mut p, "web-cpu-millis", &raw.web_cpu_millis, 50u64, 64_000);
+        let web_mem = number(&mut p, "web-memory-mb", &raw.web_memory_mb, 64u64, 1 << 20);
+        let reset_method = match raw.reset_method.parse::<ResetMethod>() {
+            Ok(m) => Some(m),
+            Err(e) => {
+                p.push(format!("reset-method: {e}"));
+                None
+            }
+        };
+        if let Some(url) = &raw.coordinator_url {
+            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+                p.push(format!(
+                    "coordinator-url must be an http(s) URL (got {url:?})"
+                ));
+            }
+        }
+        let push = number(
+            &mut p,
+            "push-interval-secs",
+            &raw.push_interval_secs,
+            1u64,
+            3600,
+        );
+        let reconcile = number(
+            &mut p,
+            "reconcile-interval-secs",
+            &raw.reconcile_interval_secs,
+            1u64,
+            3600,
+        );
+        let mut pod_labels = Vec::new();
+        for label in raw.pod_labels.iter().filter(|l| !l.trim().is_empty()) {
+            match label.split_once('=') {
+                Some((k, v)) if !k.is_empty() && !k.starts_with("clonepool.pod") => {
+                    pod_labels.push((k.to_string(), v.to_string()))
+                }
+                _ => p.push(format!("pod-label must be key=value (got {label:?})")),
+            }
+        }
+
+        if !p.is_empty() {
+            return Err(ConfigError { problems: p });
+        }
+        let data_dir = raw.data_dir;
+        let token_file = raw.token_file.unwrap_or_else(|| data_dir.join("token"));
+        // All `None`s pushed a problem above, so these unwraps cannot fail.
+        Ok(AgentConfig {
+            data_dir,
+            node: node.expect("validated"),
+            image: raw.image,
+            warm_target: warm_target.expect("validated"),
+            max_pods: max_pods.expect("validated"),
+            create_parallelism: create_parallelism.expect("validated"),
+            api_listen: api_listen.expect("validated"),
+            admin_listen: admin_listen.expect("validated"),
+            token_file,
+            docker_socket: raw.docker_socket.filter(|s| !s.is_empty()),
+            network: raw.network,
+            db_limits: Limits {
+                cpu_millis: db_cpu.expect("validated"),
+                memory_mb: db_mem.expect("validated"),
+            },
+            web_limits: Limits {
+                cpu_millis: web_cpu.expect("validated"),
+                memory_mb: web_mem.expect("validated"),
+            },
+            reset_method: reset_method.expect("validated"),
+            coordinator_url: raw.coordinator_url.filter(|s| !s.is_empty()),
+            push_interval: Duration::from_secs(push.expect("validated")),
+            reconcile_interval: Duration::from_secs(reconcile.expect("validated")),
+            pod_labels,
+        })
+    }
+
+    /// The SQLite state file.
+    pub fn state_file(&self) -> PathBuf {
+        self.data_dir.join("agent.sqlite")
+    }
+
+    /// The debug socket `clonepoolctl` talks to.
+    pub fn ctl_socket(&self) -> PathBuf {
+        self.data_dir.join(crate::ctl::SOCKET_NAME)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(args: &[&str]) -> RawConfig {
+        let mut all = vec!["clonepool-agent", "--node", "test-node"];
+        all.extend_from_slice(args);
+        RawConfig::try_parse_from(all).expect("flags parse")
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        let c = AgentConfig::from_raw(raw(&[])).unwrap();
+        assert_eq!(c.warm_target, 2);
+        assert_eq!(c.max_pods, 6);
+        assert_eq!(c.create_parallelism, 2);
+        assert_eq!(c.api_listen.to_string(), "127.0.0.1:7411");
+        assert_eq!(c.admin_listen.to_string(), "127.0.0.1:7412");
+        assert_eq!(c.token_file, c.data_dir.join("token"));
+        assert_eq!(c.reset_method, DEFAULT_RESET_METHOD);
+        assert_eq!(c.node.as_str(), "test-node");
+    }
+
+    #[test]
+    fn every_bad_value_is_reported_at_once() {
+        let err = AgentConfig::from_raw(raw(&[
+            "--warm-target",
+            "lots",
+            "--max-pods",
+            "0",
+            "--api-listen",
+            "nowhere",
+            "--reset-method",
+            "magic",
+            "--coordinator-url",
+            "ftp://x",
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in [
+            "warm-target",
+            "max-pods",
+            "api-listen",
+            "reset-method",
+            "coordinator-url",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+        assert_eq!(err.problems.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn warm_target_above_max_pods_is_refused() {
+        let err =
+            AgentConfig::from_raw(raw(&["--warm-target", "5", "--max-pods", "3"])).unwrap_err();
+        assert!(
+            err.to_string().contains("must not exceed max-pods"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_node_name_that_is_not_a_dns_label_is_refused() {
+        let r = RawConfig::try_parse_from(["clonepool-agent", "--node", "Bad_Node"]).unwrap();
+        let err = AgentConfig::from_raw(r).unwrap_err();
+        assert!(err.to_string().contains("node"), "{err}");
+    }
+}

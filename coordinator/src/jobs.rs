@@ -1,0 +1,635 @@
+//! The durable job engine: takes pending jobs from the store (oldest due first) with bounded
+//! concurrency, runs them (a clone job claims a pod through the router), records progress,
+//! retries transient failures with exponential backoff up to the attempt limit, and fails the
+//! rest with a clear error. On start, [`JobEngine::recover`] resumes or fails every job a
+//! stopped coordinator left `running`.
+
+use crate::edge::EdgeRoutes;
+use crate::metrics::Metrics;
+use crate::reaper::Reaper;
+use crate::registry::AgentView;
+use crate::router::{ClaimObserver, RouteError, Router};
+use crate::store::{ClaimOutcome, JobRow, Recovered, Store, StoreError};
+use crate::timestamps::now_ms;
+use async_trait::async_trait;
+use clonepool_common::agent_api::ReadyRequest;
+use clonepool_common::api::{ClonePath, JobState, JobType};
+use clonepool_common::ids::CloneId;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Message of a restore job until the WordPress migrator exists.
+pub const RESTORE_UNAVAILABLE: &str =
+    "restore needs the WordPress migrator (not yet available in this version of clonepool)";
+
+#[derive(Debug, Clone)]
+pub struct EngineSettings {
+    pub max_concurrent: usize,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+}
+
+/// Why one attempt of a job did not complete.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFailure {
+    pub transient: bool,
+    pub code: String,
+    pub message: String,
+}
+
+impl From<StoreError> for JobFailure {
+    fn from(err: StoreError) -> Self {
+        JobFailure {
+            transient: true,
+            code: clonepool_common::error::codes::INTERNAL.into(),
+            message: format!("the coordinator could not record the job's progress: {err}"),
+        }
+    }
+}
+
+pub struct JobEngine {
+    store: Store,
+    router: Arc<Router>,
+    reaper: Arc<Reaper>,
+    edge: EdgeRoutes,
+    metrics: Metrics,
+    settings: EngineSettings,
+    slots: Arc<Semaphore>,
+    wake: Notify,
+}
+
+impl JobEngine {
+    pub fn new(
+        store: Store,
+        router: Arc<Router>,
+        reaper: Arc<Reaper>,
+        edge: EdgeRoutes,
+        metrics: Metrics,
+        settings: EngineSettings,
+    ) -> Self {
+        Self {
+            slots: Arc::new(Semaphore::new(settings.max_concurrent)),
+            store,
+            router,
+            reaper,
+            edge,
+            metrics,
+            settings,
+            wake: Notify::new(),
+        }
+    }
+
+    /// Counts a job cancelled through the API.
+    pub fn metrics_cancelled(&self, job_type: JobType) {
+        self.metrics.job_finished(job_type, JobState::Cancelled);
+    }
+
+    /// A job was queued: look for work now.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resumes or fails every job left `running` (see [`Store::recover_interrupted`]).
+    pub async fn recover(&self) -> Result<Vec<Recovered>, StoreError> {
+        let recovered = self
+            .store
+            .recover_interrupted(self.settings.max_attempts, now_ms())
+            .await?;
+        for outcome in &recovered {
+            match outcome {
+                Recovered::Resumed(id) => {
+                    tracing::info!(job = %id, "resuming a job interrupted by a restart")
+                }
+                Recovered::Failed(id) => {
+                    tracing::warn!(job = %id, "failed a job interrupted by a restart")
+                }
+            }
+        }
+        if recovered.iter().any(|r| matches!(r, Recovered::Failed(_))) {
+            self.reaper.wake();
+        }
+        Ok(recovered)
+    }
+
+    /// The dispatcher: starts due jobs while slots are free, until `shutdown`; then waits up to
+    /// `drain` for running jobs (any still running are resumed by the next start).
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            let permit = tokio::select! {
+                permit = self.slots.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                _ = shutdown.changed() => break,
+            };
+            match self.store.start_next_job(now_ms()).await {
+                Ok(Some(job)) => {
+                    let engine = self.clone();
+                    tokio::spawn(async move {
+                        engine.run_job(job).await;
+                        drop(permit);
+                    });
+                }
+                Ok(None) => {
+                    drop(permit);
+                    let wait = match self.store.next_due().await {
+                        Ok(Some(due)) => {
+                            Duration::from_millis((due - now_ms()).clamp(1, 1000) as u64)
+                        }
+                        _ => Duration::from_secs(1),
+                    };
+                    tokio::select! {
+                        _ = self.wake.notified() => {}
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.changed() => break,
+                    }
+                }
+                Err(err) => {
+                    drop(permit);
+                    tracing::error!(error = %err, "cannot read the job queue");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+        let all = self.settings.max_concurrent as u32;
+        if tokio::time::timeout(drain, self.slots.acquire_many(all))
+            .await
+            .is_err()
+        {
+            tracing::warn!("jobs still running at shutdown; they resume on the next start");
+        }
+    }
+
+    /// Runs one attempt of a job and records the outcome.
+    pub async fn run_job(&self, job: JobRow) {
+        tracing::info!(job = %job.id, kind = job.job_type.as_str(), attempt = job.attempts, "job started");
+        let outcome = match job.job_type {
+            JobType::Clone => self.run_clone(&job).await,
+            JobType::Restore => Err(JobFailure {
+                transient: false,
+                code: "not_implemented".into(),
+                message: RESTORE_UNAVAILABLE.into(),
+            }),
+        };
+        let Err(failure) = outcome else { return };
+        let now = now_ms();
+        let result = if failure.transient && job.attempts < self.settings.max_attempts {
+            let delay =
+                self.settings.backoff_base * 2u32.saturating_pow(job.attempts.saturating_sub(1));
+            self.metrics.job_retries.inc();
+            tracing::warn!(job = %job.id, attempt = job.attempts, error = %failure.message,
+                "job attempt failed; retrying in {delay:?}");
+            self.store
+                .retry_later(
+                    &job.id,
+                    now + delay.as_millis() as i64,
+                    format!(
+                        "Attempt {} of {} failed ({}); retrying in {} s",
+                        job.attempts,
+                        self.settings.max_attempts,
+                        failure.message,
+                        delay.as_secs_f32().ceil()
+                    ),
+                    now,
+                )
+                .await
+        } else {
+            let message = if failure.transient {
+                format!(
+                    "{} (gave up after {} attempts)",
+                    failure.message, job.attempts
+                )
+            } else {
+                failure.message.clone()
+            };
+            tracing::warn!(job = %job.id, code = %failure.code, error = %message, "job failed");
+            self.metrics.job_finished(job.job_type, JobState::Failed);
+            let failed = self
+                .store
+                .fail_job(&job.id, &failure.code, message, now)
+                .await;
+            self.reaper.wake();
+            failed.map(|_| ())
+        };
+        if let Err(err) = result {
+            // The job stays `running` in the store; the next start recovers it.
+            tracing::error!(job = %job.id, error = %err, "cannot record the job's outcome");
+        }
+    }
+
+    async fn run_clone(&self, job: &JobRow) -> Result<(), JobFailure> {
+        let clone = self
+            .store
+            .clone_for_job(&job.id)
+            .await?
+            .ok_or_else(|| JobFailure {
+                transient: false,
+                code: clonepool_common::error::codes::INTERNAL.into(),
+                message: "the job's clone record is missing".into(),
+            })?;
+        let clone_id: CloneId = clone.clone_id.parse().map_err(|err| JobFailure {
+            transient: false,
+            code: clonepool_common::error::codes::INTERNAL.into(),
+            message: format!("the stored clone id is invalid: {err}"),
+        })?;
+        let resume = clone
+            .claim_agents
+            .last()
+            .map(|agent| (agent.as_str(), clone.last_claim_cold));
+        self.store
+            .set_progress(&job.id, 10, "Choosing a node".into(), now_ms())
+            .await?;
+        let mut observer = StoreObserver {
+            store: &self.store,
+            job_id: &job.id,
+            clone_row: clone.id,
+        };
+        let claimed = self
+            .router
+            .claim(&clone_id, &clone.clone_host, resume, &mut observer)
+            .await
+            .map_err(|err| JobFailure {
+                transient: err.is_transient(),
+                code: err.code().into(),
+                message: err.to_string(),
+            })?;
+        let path = ClonePath::from(claimed.response.path);
+        // Until the WordPress import lands, the clone is the pod's fresh WordPress: it serves
+        // as soon as it is claimed.
+        self.store
+            .set_progress(
+                &job.id,
+                80,
+                format!(
+                    "Pod claimed on {}; starting the site",
+                    claimed.response.node
+                ),
+                now_ms(),
+            )
+            .await?;
+        self.mark_ready(&claimed.agent, &clone_id).await?;
+        let outcome = ClaimOutcome {
+            agent: claimed.agent.clone(),
+            node: claimed.response.node.to_string(),
+            pod_id: claimed.response.pod_id.to_string(),
+            endpoint: claimed.response.endpoint.clone(),
+            path,
+            username: claimed.response.credentials.admin_username.clone(),
+            password: claimed.response.credentials.admin_password.clone(),
+        };
+        match self
+            .store
+            .complete_clone_job(&job.id, clone.id, outcome, now_ms())
+            .await?
+        {
+            Some((done, clone)) => {
+                self.edge.insert(&clone);
+                let seconds = (done.updated_at - done.created_at).max(0) as f64 / 1000.0;
+                self.metrics.observe_clone(path, seconds);
+                self.metrics
+                    .job_finished(JobType::Clone, JobState::Completed);
+                tracing::info!(job = %job.id, clone = %clone.clone_id, node = %claimed.response.node,
+                    path = path.as_str(), seconds, "clone ready");
+                Ok(())
+            }
+            None => {
+                // The job stopped being ours meanwhile; hand the pod back.
+                tracing::warn!(job = %job.id, "job ended elsewhere while claiming; releasing the pod");
+                self.reaper.wake();
+                Ok(())
+            }
+        }
+    }
+}
+
+impl JobEngine {
+    async fn mark_ready(&self, agent: &str, clone_id: &CloneId) -> Result<(), JobFailure> {
+        let client = self
+            .router
+            .registry()
+            .client(agent)
+            .ok_or_else(|| JobFailure {
+                transient: false,
+                code: clonepool_common::error::codes::INTERNAL.into(),
+                message: format!("the agent {agent} is no longer configured"),
+            })?;
+        client
+            .mark_ready(&ReadyRequest {
+                clone_id: clone_id.clone(),
+            })
+            .await
+            .map(|_| ())
+            .map_err(|err| JobFailure {
+                transient: !err.is_definite_refusal(),
+                code: "agent_ready_failed".into(),
+                message: format!("the agent could not mark the clone's pod ready: {err}"),
+            })
+    }
+}
+
+/// Makes each claim durable before it is sent, and shows it as the job's progress.
+struct StoreObserver<'a> {
+    store: &'a Store,
+    job_id: &'a str,
+    clone_row: i64,
+}
+
+#[async_trait]
+impl ClaimObserver for StoreObserver<'_> {
+    async fn before_claim(&mut self, agent: &AgentView, cold: bool) -> Result<(), RouteError> {
+        self.store
+            .record_claim_attempt(self.clone_row, &agent.url, cold)
+            .await
+            .map_err(|err| RouteError::Observer(err.to_string()))?;
+        let node = agent.node().unwrap_or(&agent.url).to_string();
+        let message = if cold {
+            format!("No warm pod is free; creating a cold pod on {node}")
+        } else {
+            format!("Claiming a warm pod on {node}")
+        };
+        self.store
+            .set_progress(self.job_id, if cold { 40 } else { 50 }, message, now_ms())
+            .await
+            .map_err(|err| RouteError::Observer(err.to_string()))
+    }
+
+    async fn refused(&mut self, agent: &str) {
+        if let Err(err) = self.store.forget_claim_agent(self.clone_row, agent).await {
+            tracing::warn!(error = %err, "cannot record an agent's refusal");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_client::fake::FakeAgent;
+    use crate::agent_client::AgentClient;
+    use crate::config::Placement;
+    use crate::registry::AgentRegistry;
+    use crate::store::tests::{clone_job, open_temp};
+    use clonepool_common::api::{CloneStatus, JobResult};
+
+    struct Harness {
+        _dir: tempfile::TempDir,
+        store: Store,
+        engine: Arc<JobEngine>,
+        registry: Arc<AgentRegistry>,
+    }
+
+    async fn harness(agents: &[Arc<FakeAgent>], max_attempts: u32) -> Harness {
+        let (dir, store) = open_temp();
+        let clients: Vec<Arc<dyn AgentClient>> = agents
+            .iter()
+            .map(|a| a.clone() as Arc<dyn AgentClient>)
+            .collect();
+        let registry = Arc::new(AgentRegistry::new(clients, Duration::from_secs(60)));
+        registry.poll_all().await;
+        let router = Arc::new(Router::new(registry.clone(), Placement::Spread));
+        let edge = EdgeRoutes::default();
+        let metrics = Metrics::new();
+        let reaper = Arc::new(Reaper::new(
+            store.clone(),
+            registry.clone(),
+            edge.clone(),
+            metrics.clone(),
+        ));
+        let engine = Arc::new(JobEngine::new(
+            store.clone(),
+            router,
+            reaper,
+            edge,
+            metrics,
+            EngineSettings {
+                max_concurrent: 4,
+                max_attempts,
+                backoff_base: Duration::from_millis(1),
+            },
+        ));
+        Harness {
+            _dir: dir,
+            store,
+            engine,
+            registry,
+        }
+    }
+
+    async fn run_until_idle(h: &Harness) {
+        for _ in 0..50 {
+            match h.store.start_next_job(now_ms() + 60_000).await.unwrap() {
+                Some(job) => h.engine.run_job(job).await,
+                None => return,
+            }
+        }
+        panic!("jobs never finished");
+    }
+
+    #[tokio::test]
+    async fn a_clone_job_completes_warm_with_the_pods_credentials() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        h.store
+            .create_job(clone_job("job-1", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+        let Some(JobResult::Clone(result)) = job.to_status().result else {
+            panic!("no result");
+        };
+        assert_eq!(result.path, ClonePath::Warm);
+        assert_eq!(result.node, "node-a");
+        assert_eq!(result.password, "fresh-password");
+        assert_eq!(result.clone_url, "http://shop.localhost:8080");
+        let clone = h.store.clone_by_name("shop").await.unwrap().unwrap();
+        assert_eq!(clone.status, CloneStatus::Ready);
+        assert_eq!(job.progress, 100);
+        assert!(
+            agent.with(|s| s.ready.contains("shop")),
+            "the pod was marked READY"
+        );
+    }
+
+    #[tokio::test]
+    async fn with_the_pool_exhausted_the_next_clone_goes_cold() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 3);
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        h.store
+            .create_job(clone_job("job-1", "one", now_ms()))
+            .await
+            .unwrap();
+        h.store
+            .create_job(clone_job("job-2", "two", now_ms() + 1))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let path = |id: &'static str| {
+            let store = h.store.clone();
+            async move {
+                match store.job(id).await.unwrap().unwrap().to_status().result {
+                    Some(JobResult::Clone(r)) => r.path,
+                    None => panic!("{id} has no result"),
+                }
+            }
+        };
+        assert_eq!(path("job-1").await, ClonePath::Warm);
+        assert_eq!(path("job-2").await, ClonePath::Cold);
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_and_then_fail_clearly() {
+        let agent = FakeAgent::new("http://a", "node-a", 0, 0);
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        h.store
+            .create_job(clone_job("job-1", "x", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts, 3);
+        assert_eq!(job.error_code.as_deref(), Some("no_capacity"));
+        assert!(job.error.unwrap().contains("gave up after 3 attempts"));
+        // Nothing was claimed, so the clone ended released and its name is free again.
+        let clone = h.store.clone_by_name("x").await.unwrap().unwrap();
+        assert_eq!(clone.status, CloneStatus::Released);
+    }
+
+    #[tokio::test]
+    async fn capacity_that_frees_up_between_attempts_is_used() {
+        let agent = FakeAgent::new("http://a", "node-a", 0, 0);
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        h.store
+            .create_job(clone_job("job-1", "x", now_ms()))
+            .await
+            .unwrap();
+        let job = h.store.start_next_job(now_ms()).await.unwrap().unwrap();
+        h.engine.run_job(job).await;
+        assert_eq!(
+            h.store.job("job-1").await.unwrap().unwrap().state,
+            JobState::Pending
+        );
+        agent.with(|s| s.warm = 1);
+        h.registry.poll_all().await;
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed);
+        assert_eq!(job.attempts, 2);
+    }
+
+    #[tokio::test]
+    async fn a_job_interrupted_after_its_claim_resumes_with_the_same_pod() {
+        let agent = FakeAgent::new("http://a", "node-a", 2, 2);
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        h.store
+            .create_job(clone_job("job-1", "x", now_ms()))
+            .await
+            .unwrap();
+        // The claim takes effect on the agent but its answer is lost (as if the coordinator
+        // died right after sending it).
+        agent.with(|s| s.lose_claim_answers = 1);
+        let job = h.store.start_next_job(now_ms()).await.unwrap().unwrap();
+        let clone = h.store.clone_for_job(&job.id).await.unwrap().unwrap();
+        let mut observer = StoreObserver {
+            store: &h.store,
+            job_id: &job.id,
+            clone_row: clone.id,
+        };
+        let err = h
+            .engine
+            .router
+            .claim(&"x".parse().unwrap(), "h", None, &mut observer)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RouteError::Ambiguous { .. }));
+        // Restart: recovery resumes the job and it finishes with the pod already claimed.
+        let recovered = h.engine.recover().await.unwrap();
+        assert_eq!(recovered, vec![Recovered::Resumed("job-1".into())]);
+        run_until_idle(&h).await;
+        assert_eq!(
+            h.store.job("job-1").await.unwrap().unwrap().state,
+            JobState::Completed
+        );
+        assert_eq!(agent.with(|s| s.claims.len()), 1, "no second pod");
+        assert_eq!(agent.with(|s| s.warm), 1);
+    }
+
+    #[tokio::test]
+    async fn a_job_that_fails_after_an_unanswered_claim_hands_the_pod_back() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 1);
+        let h = harness(std::slice::from_ref(&agent), 1).await;
+        h.store
+            .create_job(clone_job("job-1", "x", now_ms()))
+            .await
+            .unwrap();
+        agent.with(|s| s.lose_claim_answers = 1);
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error_code.as_deref(), Some("agent_unavailable"));
+        let clone = h.store.clone_by_name("x").await.unwrap().unwrap();
+        assert_eq!(clone.status, CloneStatus::Releasing);
+        h.engine.reaper.tick(now_ms()).await.unwrap();
+        assert_eq!(
+            agent.with(|s| s.warm),
+            1,
+            "the stray pod went back to the pool"
+        );
+        assert_eq!(
+            h.store.clone_by_name("x").await.unwrap().unwrap().status,
+            CloneStatus::Released
+        );
+    }
+
+    #[tokio::test]
+    async fn restore_jobs_fail_with_a_clear_message_until_the_migrator_exists() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 1);
+        let h = harness(&[agent], 3).await;
+        let mut job = clone_job("job-r", "unused", now_ms());
+        job.job_type = JobType::Restore;
+        job.clone = None;
+        h.store.create_job(job).await.unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-r").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts, 1, "not retried");
+        assert!(job.error.unwrap().contains("WordPress migrator"));
+    }
+
+    #[tokio::test]
+    async fn the_dispatcher_runs_queued_jobs_concurrently_and_drains_on_shutdown() {
+        let agent = FakeAgent::new("http://a", "node-a", 10, 10);
+        agent.with(|s| s.claim_delay = Some(Duration::from_millis(50)));
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        for i in 0..8 {
+            h.store
+                .create_job(clone_job(&format!("job-{i}"), &format!("c{i}"), now_ms()))
+                .await
+                .unwrap();
+        }
+        let (tx, rx) = watch::channel(false);
+        let started = std::time::Instant::now();
+        let task = tokio::spawn(h.engine.clone().run(rx, Duration::from_secs(5)));
+        h.engine.wake();
+        loop {
+            let counts = h.store.job_counts().await.unwrap();
+            if counts.contains(&(JobState::Completed, 8)) {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(5), "{counts:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let most = agent.with(|s| s.max_in_flight);
+        assert!((2..=4).contains(&most), "{most} claims at once; 4 slots");
+        tx.send(true).unwrap();
+        task.await.unwrap();
+        let pods: std::collections::HashSet<String> =
+            agent.with(|s| s.claims.values().map(|(p, _)| p.clone()).collect());
+        assert_eq!(pods.len(), 8, "no pod handed out twice");
+    }
+}

@@ -1,0 +1,274 @@
+//! The registry of agents: each agent's last capacity report, heartbeats (periodic capacity
+//! polls, plus pushes at `POST /internal/v1/capacity`), and which agents are up (heard from
+//! within the staleness limit) or down.
+
+use crate::agent_client::{AgentClient, AgentError};
+use crate::timestamps::now_ms;
+use clonepool_common::agent_api::Capacity;
+use clonepool_common::api::AgentPool;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// One agent and what is known of it.
+pub struct AgentEntry {
+    pub client: Arc<dyn AgentClient>,
+    state: Mutex<AgentState>,
+}
+
+#[derive(Default, Clone)]
+struct AgentState {
+    capacity: Option<Capacity>,
+    last_seen: Option<Instant>,
+    last_seen_ms: Option<i64>,
+    last_error: Option<String>,
+}
+
+/// A point-in-time view of one agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AgentView {
+    pub url: String,
+    pub up: bool,
+    pub capacity: Option<Capacity>,
+    pub last_seen_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl AgentView {
+    pub fn node(&self) -> Option<&str> {
+        self.capacity.as_ref().map(|c| c.node.as_str())
+    }
+
+    pub fn warm(&self) -> u32 {
+        self.capacity.as_ref().map_or(0, |c| c.warm)
+    }
+
+    pub fn draining(&self) -> bool {
+        self.capacity.as_ref().is_some_and(|c| c.draining)
+    }
+
+    /// Pods it could still create.
+    pub fn room(&self) -> u32 {
+        self.capacity.as_ref().map_or(0, |c| {
+            let used = c.starting + c.warm + c.assigned + c.ready + c.resetting + c.quarantined;
+            c.max.saturating_sub(used)
+        })
+    }
+
+    pub fn to_pool(&self) -> AgentPool {
+        let c = self.capacity.clone().unwrap_or_default();
+        AgentPool {
+            agent: self.url.clone(),
+            node: self.capacity.as_ref().map(|c| c.node.clone()),
+            up: self.up,
+            draining: c.draining,
+            last_seen: self.last_seen_ms.map(crate::timestamps::rfc3339),
+            last_error: if self.up {
+                None
+            } else {
+                self.last_error.clone()
+            },
+            starting: c.starting,
+            warm: c.warm,
+            assigned: c.assigned,
+            ready: c.ready,
+            resetting: c.resetting,
+            quarantined: c.quarantined,
+            max: c.max,
+        }
+    }
+}
+
+pub struct AgentRegistry {
+    agents: Vec<Arc<AgentEntry>>,
+    stale_after: Duration,
+}
+
+impl AgentRegistry {
+    pub fn new(clients: Vec<Arc<dyn AgentClient>>, stale_after: Duration) -> Self {
+        Self {
+            agents: clients
+                .into_iter()
+                .map(|client| {
+                    Arc::new(AgentEntry {
+                        client,
+                        state: Mutex::new(AgentState::default()),
+                    })
+                })
+                .collect(),
+            stale_after,
+        }
+    }
+
+    pub fn client(&self, url: &str) -> Option<Arc<dyn AgentClient>> {
+        self.agents
+            .iter()
+            .find(|a| a.client.url() == url)
+            .map(|a| a.client.clone())
+    }
+
+    pub fn snapshot(&self) -> Vec<AgentView> {
+        let now = Instant::now();
+        self.agents
+            .iter()
+            .map(|agent| {
+                let state = agent
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone();
+                AgentView {
+                    url: agent.client.url().to_string(),
+                    up: state
+                        .last_seen
+                        .is_some_and(|seen| now.duration_since(seen) <= self.stale_after),
+                    capacity: state.capacity,
+                    last_seen_ms: state.last_seen_ms,
+                    last_error: state.last_error,
+                }
+            })
+            .collect()
+    }
+
+    pub fn view(&self, url: &str) -> Option<AgentView> {
+        self.snapshot().into_iter().find(|a| a.url == url)
+    }
+
+    fn update(&self, url: &str, f: impl FnOnce(&mut AgentState)) {
+        if let Some(agent) = self.agents.iter().find(|a| a.client.url() == url) {
+            f(&mut agent.state.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+
+    /// A capacity report: the agent is alive.
+    pub fn heard(&self, url: &str, capacity: Capacity) {
+        self.update(url, |state| {
+            state.capacity = Some(capacity);
+            state.last_seen = Some(Instant::now());
+            state.last_seen_ms = Some(now_ms());
+            state.last_error = None;
+        });
+    }
+
+    /// A failed heartbeat. The agent goes down once it has not been heard for `stale_after`.
+    pub fn failed(&self, url: &str, error: &AgentError) {
+        self.update(url, |state| state.last_error = Some(error.to_string()));
+    }
+
+    /// A pushed capacity report, matched to an agent by the node it reported before. False
+    /// when no configured agent has reported that node.
+    pub fn accept_push(&self, capacity: Capacity) -> bool {
+        let url = self.agents.iter().find_map(|agent| {
+            let state = agent.state.lock().unwrap_or_else(|p| p.into_inner());
+            (state.capacity.as_ref().map(|c| c.node.as_str()) == Some(capacity.node.as_str()))
+                .then(|| agent.client.url().to_string())
+        });
+        match url {
+            Some(url) => {
+                self.heard(&url, capacity);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A warm claim succeeded there: count one warm pod fewer until the next report.
+    pub fn note_claimed_warm(&self, url: &str) {
+        self.update(url, |state| {
+            if let Some(c) = state.capacity.as_mut() {
+                c.warm = c.warm.saturating_sub(1);
+                c.assigned += 1;
+            }
+        });
+    }
+
+    /// The agent said it has no warm pod: believe it until the next report.
+    pub fn note_no_warm(&self, url: &str) {
+        self.update(url, |state| {
+            if let Some(c) = state.capacity.as_mut() {
+                c.warm = 0;
+            }
+        });
+    }
+
+    /// The agent said it is draining.
+    pub fn note_draining(&self, url: &str) {
+        self.update(url, |state| {
+            if let Some(c) = state.capacity.as_mut() {
+                c.draining = true;
+            }
+        });
+    }
+
+    /// Polls every agent's capacity once, concurrently.
+    pub async fn poll_all(&self) {
+        let polls = self.agents.iter().map(|agent| async move {
+            let url = agent.client.url().to_string();
+            match agent.client.capacity().await {
+                Ok(capacity) => self.heard(&url, capacity),
+                Err(err) => self.failed(&url, &err),
+            }
+        });
+        futures_util::future::join_all(polls).await;
+    }
+
+    /// Heartbeats: polls every `interval` until `shutdown` turns true.
+    pub async fn run_heartbeats(
+        self: Arc<Self>,
+        interval: Duration,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.poll_all().await,
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent_client::fake::FakeAgent;
+
+    #[tokio::test]
+    async fn agents_are_up_after_a_heartbeat_and_down_once_stale() {
+        let agent = FakeAgent::new("http://a", "node-a", 2, 4);
+        let registry = AgentRegistry::new(vec![agent.clone()], Duration::from_millis(50));
+        assert!(!registry.snapshot()[0].up, "never heard: not up");
+        registry.poll_all().await;
+        let view = &registry.snapshot()[0];
+        assert!(view.up);
+        assert_eq!(view.warm(), 2);
+        assert_eq!(view.room(), 2);
+        agent.with(|s| s.down = true);
+        registry.poll_all().await;
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        let view = &registry.snapshot()[0];
+        assert!(!view.up);
+        assert!(view.last_error.as_deref().unwrap().contains("refused"));
+    }
+
+    #[tokio::test]
+    async fn pushes_are_accepted_only_from_known_nodes() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 4);
+        let registry = AgentRegistry::new(vec![agent], Duration::from_secs(5));
+        let push = Capacity {
+            node: "node-a".into(),
+            warm: 3,
+            max: 4,
+            ..Capacity::default()
+        };
+        assert!(!registry.accept_push(push.clone()), "node not yet known");
+        registry.poll_all().await;
+        assert!(registry.accept_push(push));
+        assert_eq!(registry.snapshot()[0].warm(), 3);
+        assert!(!registry.accept_push(Capacity {
+            node: "node-z".into(),
+            ..Capacity::default()
+        }));
+    }
+}

@@ -1,0 +1,1425 @@
+//! The coordinator's durable state in SQLite (WAL): jobs, clones and idempotency keys. Every
+//! state transition is one transaction with a guarded `UPDATE … WHERE status = …`, so two actors
+//! (API, job engine, reaper) can never both win the same transition and a crash never leaves a
+//! half-made change.
+
+use crate::timestamps::rfc3339;
+use clonepool_common::api::{
+    CloneInfo, ClonePath, CloneResult, CloneStatus, JobResult, JobState, JobStatus, JobType,
+};
+use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+const READERS: usize = 4;
+
+const SCHEMA: &str = r#"
+CREATE TABLE IF NOT EXISTS jobs (
+    id          TEXT PRIMARY KEY,
+    type        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    progress    INTEGER NOT NULL DEFAULT 0,
+    message     TEXT NOT NULL,
+    request     TEXT NOT NULL,
+    result      TEXT,
+    error       TEXT,
+    error_code  TEXT,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    clone_id    TEXT,
+    created_at  INTEGER NOT NULL,
+    updated_at  INTEGER NOT NULL,
+    not_before  INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS jobs_by_status ON jobs(status, not_before);
+
+CREATE TABLE IF NOT EXISTS clones (
+    id              INTEGER PRIMARY KEY AUTOINCREMENT,
+    clone_id        TEXT NOT NULL,
+    job_id          TEXT NOT NULL REFERENCES jobs(id) ON DELETE CASCADE,
+    status          TEXT NOT NULL,
+    source_url      TEXT NOT NULL,
+    clone_url       TEXT NOT NULL,
+    clone_host      TEXT NOT NULL,
+    ttl_minutes     INTEGER NOT NULL,
+    agent           TEXT,
+    claim_agents    TEXT NOT NULL DEFAULT '[]',
+    last_claim_cold INTEGER NOT NULL DEFAULT 0,
+    node            TEXT,
+    pod_id          TEXT,
+    endpoint        TEXT,
+    path            TEXT,
+    created_at      INTEGER NOT NULL,
+    ready_at        INTEGER,
+    expires_at      INTEGER,
+    ended_at        INTEGER,
+    end_reason      TEXT
+);
+-- A live clone holds its name: this index is what makes customer_id unique among live clones.
+CREATE UNIQUE INDEX IF NOT EXISTS clones_live_name ON clones(clone_id) WHERE status != 'released';
+CREATE INDEX IF NOT EXISTS clones_by_status ON clones(status, expires_at);
+CREATE INDEX IF NOT EXISTS clones_by_job ON clones(job_id);
+
+CREATE TABLE IF NOT EXISTS idempotency_keys (
+    route        TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    request_hash TEXT NOT NULL,
+    job_id       TEXT NOT NULL,
+    created_at   INTEGER NOT NULL,
+    PRIMARY KEY (route, key)
+);
+"#;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the coordinator database {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: rusqlite::Error,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the database holds a value this coordinator cannot read: {0}")]
+    Corrupt(String),
+    #[error("a database task stopped unexpectedly: {0}")]
+    Join(String),
+    #[error("a live clone named {clone_id:?} already exists")]
+    CloneNameTaken { clone_id: String },
+    #[error("{limit} jobs are already waiting")]
+    QueueFull { limit: u32 },
+    #[error("this Idempotency-Key was already used with a different request")]
+    IdempotencyMismatch,
+}
+
+/// A job as stored.
+#[derive(Clone, PartialEq)]
+pub struct JobRow {
+    pub id: String,
+    pub job_type: JobType,
+    pub state: JobState,
+    pub progress: u8,
+    pub message: String,
+    /// The validated request as JSON (holds the source credentials; never logged).
+    pub request_json: String,
+    pub result_json: Option<String>,
+    pub error: Option<String>,
+    pub error_code: Option<String>,
+    pub attempts: u32,
+    pub clone_id: Option<String>,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub not_before: i64,
+}
+
+impl std::fmt::Debug for JobRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JobRow")
+            .field("id", &self.id)
+            .field("job_type", &self.job_type)
+            .field("state", &self.state)
+            .field("progress", &self.progress)
+            .field("message", &self.message)
+            .field("attempts", &self.attempts)
+            .field("clone_id", &self.clone_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl JobRow {
+    /// The API view of this job.
+    pub fn to_status(&self) -> JobStatus {
+        JobStatus {
+            job_id: self.id.clone(),
+            job_type: self.job_type,
+            status: self.state,
+            progress: self.progress,
+            message: self.message.clone(),
+            created_at: rfc3339(self.created_at),
+            updated_at: rfc3339(self.updated_at),
+            result: self
+                .result_json
+                .as_deref()
+                .and_then(|json| serde_json::from_str::<JobResult>(json).ok()),
+            error: self.error.clone(),
+            error_code: self.error_code.clone(),
+            clone_id: self.clone_id.clone(),
+            attempts: self.attempts,
+        }
+    }
+}
+
+/// A clone as stored. `id` is the row id (a name can be reused once the clone is released).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CloneRow {
+    pub id: i64,
+    pub clone_id: String,
+    pub job_id: String,
+    pub status: CloneStatus,
+    pub source_url: String,
+    pub clone_url: String,
+    pub clone_host: String,
+    pub ttl_minutes: u32,
+    /// The agent serving it (base URL), once claimed.
+    pub agent: Option<String>,
+    /// Every agent a claim was sent to without a definite "no": releases go to all of them.
+    pub claim_agents: Vec<String>,
+    pub last_claim_cold: bool,
+    pub node: Option<String>,
+    pub pod_id: Option<String>,
+    pub endpoint: Option<String>,
+    pub path: Option<ClonePath>,
+    pub created_at: i64,
+    pub ready_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub end_reason: Option<String>,
+}
+
+impl CloneRow {
+    pub fn to_info(&self) -> CloneInfo {
+        CloneInfo {
+            clone_id: self.clone_id.clone(),
+            status: self.status,
+            job_id: self.job_id.clone(),
+            clone_url: self.clone_url.clone(),
+            source_url: self.source_url.clone(),
+            node: self.node.clone(),
+            pod_id: self.pod_id.clone(),
+            path: self.path,
+            ttl_minutes: self.ttl_minutes,
+            created_at: rfc3339(self.created_at),
+            ready_at: self.ready_at.map(rfc3339),
+            expires_at: self.expires_at.map(rfc3339),
+            ended_at: self.ended_at.map(rfc3339),
+            end_reason: self.end_reason.clone(),
+        }
+    }
+}
+
+/// A clone to create with its job.
+#[derive(Debug, Clone)]
+pub struct NewClone {
+    pub clone_id: String,
+    pub source_url: String,
+    pub clone_url: String,
+    pub clone_host: String,
+    pub ttl_minutes: u32,
+}
+
+/// An `Idempotency-Key` with the hash of the request it came with.
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey {
+    pub route: &'static str,
+    pub key: String,
+    pub request_hash: String,
+}
+
+pub struct NewJob {
+    pub job_id: String,
+    pub job_type: JobType,
+    pub request_json: String,
+    pub clone: Option<NewClone>,
+    pub idempotency: Option<IdempotencyKey>,
+    pub max_queued: u32,
+    pub now: i64,
+}
+
+/// Whether a POST made a job or found the one its idempotency key made before.
+#[derive(Debug, Clone)]
+pub enum Created {
+    New(JobRow),
+    Replayed(JobRow),
+}
+
+/// What an agent handed out for a clone.
+#[derive(Clone)]
+pub struct ClaimOutcome {
+    pub agent: String,
+    pub node: String,
+    pub pod_id: String,
+    pub endpoint: String,
+    pub path: ClonePath,
+    pub username: String,
+    pub password: String,
+}
+
+/// The answer to ending a clone early.
+#[derive(Debug, Clone)]
+pub enum EndOutcome {
+    /// The clone was ready and is now `releasing`: the caller releases its pod.
+    Releasing(CloneRow),
+    /// Someone else already started releasing it.
+    AlreadyReleasing(CloneRow),
+    /// Its job had not started: the job is cancelled and the clone ended.
+    CancelledJob(CloneRow),
+    /// Its job is running; it can be deleted once the job ends.
+    StillProvisioning {
+        job_id: String,
+    },
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub enum CancelOutcome {
+    Cancelled(JobRow),
+    NotCancellable(JobRow),
+    NotFound,
+}
+
+#[derive(Debug, Clone)]
+pub enum ExtendOutcome {
+    Extended(Box<CloneRow>),
+    NotLive,
+    /// The remaining life would exceed the limit (minutes it would be).
+    TooLong {
+        remaining_minutes: i64,
+    },
+}
+
+/// What start-up recovery did with a job found `running`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recovered {
+    Resumed(String),
+    Failed(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    writer: Mutex<Connection>,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    path: PathBuf,
+    /// Length of a TTL minute in milliseconds (60 000; tests compress time).
+    minute_ms: i64,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Store({})", self.inner.path.display())
+    }
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let open_err = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open_err)?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(open_err)?;
+    // WAL + NORMAL: a commit survives a process crash (kill -9); only an OS crash or power
+    // loss can lose the last commits.
+    conn.execute_batch(
+        "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+    )
+    .map_err(open_err)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating when missing) the database at `path`, file mode 0600.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let new = !path.exists();
+        let writer = open_connection(path)?;
+        writer
+            .execute_batch(SCHEMA)
+            .map_err(|source| StoreError::Open {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if new {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        }
+        let readers = (0..READERS)
+            .map(|_| open_connection(path).map(Mutex::new))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                writer: Mutex::new(writer),
+                readers,
+                next_reader: AtomicUsize::new(0),
+                path: path.to_path_buf(),
+                minute_ms: 60_000,
+            }),
+        })
+    }
+
+    /// The same store with TTL minutes of `minute_ms` milliseconds (tests compress time).
+    /// Call before sharing the store.
+    pub fn with_minute_ms(mut self, minute_ms: i64) -> Store {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.minute_ms = minute_ms.max(1);
+        }
+        self
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut conn)
+        })
+        .await
+        .map_err(|err| StoreError::Join(err.to_string()))?
+    }
+
+    async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let start = inner.next_reader.fetch_add(1, Ordering::Relaxed);
+            for i in 0..inner.readers.len() {
+                if let Ok(conn) = inner.readers[(start + i) % inner.readers.len()].try_lock() {
+                    return f(&conn);
+                }
+            }
+            let conn = inner.readers[start % inner.readers.len()]
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            f(&conn)
+        })
+        .await
+        .map_err(|err| StoreError::Join(err.to_string()))?
+    }
+
+    /// Creates a job (and its clone) unless its idempotency key already made one, the clone
+    /// name is taken by a live clone, or the queue is full.
+    pub async fn create_job(&self, job: NewJob) -> Result<Created, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            if let Some(idem) = &job.idempotency {
+                let existing: Option<(String, String)> = tx
+                    .query_row(
+                        "SELECT request_hash, job_id FROM idempotency_keys WHERE route = ?1 AND key = ?2",
+                        params![idem.route, idem.key],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?;
+                if let Some((hash, job_id)) = existing {
+                    if hash != idem.request_hash {
+                        return Err(StoreError::IdempotencyMismatch);
+                    }
+                    if let Some(row) = job_by_id(&tx, &job_id)? {
+                        return Ok(Created::Replayed(row));
+                    }
+                    // The job was pruned: forget the key and make a new one.
+                    tx.execute(
+                        "DELETE FROM idempotency_keys WHERE route = ?1 AND key = ?2",
+                        params![idem.route, idem.key],
+                    )?;
+                }
+            }
+            let queued: u32 =
+                tx.query_row("SELECT COUNT(*) FROM jobs WHERE status = 'pending'", [], |r| {
+                    r.get(0)
+                })?;
+            if queued >= job.max_queued {
+                return Err(StoreError::QueueFull {
+                    limit: job.max_queued,
+                });
+            }
+            let clone_id = job.clone.as_ref().map(|c| c.clone_id.clone());
+            tx.execute(
+                "INSERT INTO jobs (id, type, status, progress, message, request, attempts, clone_id,
+                                   created_at, updated_at, not_before)
+                 VALUES (?1, ?2, 'pending', 0, 'Queued', ?3, 0, ?4, ?5, ?5, ?5)",
+                params![
+                    job.job_id,
+                    job.job_type.as_str(),
+                    job.request_json,
+                    clone_id,
+                    job.now
+                ],
+            )?;
+            if let Some(clone) = &job.clone {
+                let inserted = tx.execute(
+                    "INSERT INTO clones (clone_id, job_id, status, source_url, clone_url, clone_host,
+                                         ttl_minutes, created_at)
+                     VALUES (?1, ?2, 'provisioning', ?3, ?4, ?5, ?6, ?7)",
+                    params![
+                        clone.clone_id,
+                        job.job_id,
+                        clone.source_url,
+                        clone.clone_url,
+                        clone.clone_host,
+                        clone.ttl_minutes,
+                        job.now
+                    ],
+                );
+                match inserted {
+                    Err(rusqlite::Error::SqliteFailure(err, _))
+                        if err.code == rusqlite::ErrorCode::ConstraintViolation =>
+                    {
+                        return Err(StoreError::CloneNameTaken {
+                            clone_id: clone.clone_id.clone(),
+                        });
+                    }
+                    other => {
+                        other?;
+                    }
+                }
+            }
+            if let Some(idem) = &job.idempotency {
+                tx.execute(
+                    "INSERT INTO idempotency_keys (route, key, request_hash, job_id, created_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                    params![idem.route, idem.key, idem.request_hash, job.job_id, job.now],
+                )?;
+            }
+            let row = job_by_id(&tx, &job.job_id)?
+                .ok_or_else(|| StoreError::Corrupt("a job vanished inside its transaction".into()))?;
+            tx.commit()?;
+            Ok(Created::New(row))
+        })
+        .await
+    }
+
+    pub async fn job(&self, job_id: &str) -> Result<Option<JobRow>, StoreError> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| job_by_id(conn, &job_id)).await
+    }
+
+    /// Moves the oldest due pending job to `running` (one more attempt) and returns it.
+    pub async fn start_next_job(&self, now: i64) -> Result<Option<JobRow>, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let id: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM jobs WHERE status = 'pending' AND not_before <= ?1
+                     ORDER BY not_before, created_at, rowid LIMIT 1",
+                    params![now],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let Some(id) = id else { return Ok(None) };
+            tx.execute(
+                "UPDATE jobs SET status = 'running', attempts = attempts + 1, updated_at = ?2,
+                        progress = MAX(progress, 5),
+                        message = CASE WHEN attempts = 0 THEN 'Starting' ELSE 'Retrying' END
+                 WHERE id = ?1 AND status = 'pending'",
+                params![id, now],
+            )?;
+            let row = job_by_id(&tx, &id)?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// When the next pending job becomes due (ms), if any is pending.
+    pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
+        self.read(|conn| {
+            Ok(conn.query_row(
+                "SELECT MIN(not_before) FROM jobs WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )?)
+        })
+        .await
+    }
+
+    /// Progress of a running job (ignored once it is not running).
+    pub async fn set_progress(
+        &self,
+        job_id: &str,
+        progress: u8,
+        message: String,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let job_id = job_id.to_string();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET progress = ?2, message = ?3, updated_at = ?4
+                 WHERE id = ?1 AND status = 'running'",
+                params![job_id, progress, message, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts a running job back to `pending` until `not_before` after a transient failure.
+    pub async fn retry_later(
+        &self,
+        job_id: &str,
+        not_before: i64,
+        message: String,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let job_id = job_id.to_string();
+        self.write(move |conn| {
+            conn.execute(
+                "UPDATE jobs SET status = 'pending', not_before = ?2, message = ?3, updated_at = ?4
+                 WHERE id = ?1 AND status = 'running'",
+                params![job_id, not_before, message, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Fails a job that is not yet terminal and ends its clone (the clone's pod, if one may have
+    /// been claimed, goes to `releasing`). Returns the job after the change.
+    pub async fn fail_job(
+        &self,
+        job_id: &str,
+        code: &str,
+        message: String,
+        now: i64,
+    ) -> Result<Option<JobRow>, StoreError> {
+        let job_id = job_id.to_string();
+        let code = code.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            fail_job_tx(&tx, &job_id, &code, &message, now)?;
+            let row = job_by_id(&tx, &job_id)?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// Cancels a pending job (and ends its clone). Running and finished jobs are not cancellable.
+    pub async fn cancel_job(&self, job_id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
+        let job_id = job_id.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(job) = job_by_id(&tx, &job_id)? else {
+                return Ok(CancelOutcome::NotFound);
+            };
+            if job.state != JobState::Pending {
+                return Ok(CancelOutcome::NotCancellable(job));
+            }
+            cancel_job_tx(&tx, &job_id, "cancelled on request", now)?;
+            let job = job_by_id(&tx, &job_id)?.ok_or_else(|| {
+                StoreError::Corrupt("a job vanished inside its transaction".into())
+            })?;
+            tx.commit()?;
+            Ok(CancelOutcome::Cancelled(job))
+        })
+        .await
+    }
+
+    /// Start-up recovery: every job left `running` by a stopped coordinator is resumed (clone
+    /// jobs: the agent's claim is idempotent per clone id, and the agents already asked are asked
+    /// again first) while attempts remain, or failed with a clear error. None stays running.
+    pub async fn recover_interrupted(
+        &self,
+        max_attempts: u32,
+        now: i64,
+    ) -> Result<Vec<Recovered>, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let running: Vec<JobRow> = {
+                let mut stmt = tx.prepare(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running'"
+                ))?;
+                let rows = stmt.query_map([], job_from_row)?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            let mut outcome = Vec::new();
+            for job in running {
+                match job.job_type {
+                    JobType::Clone if job.attempts < max_attempts => {
+                        tx.execute(
+                            "UPDATE jobs SET status = 'pending', not_before = ?2, updated_at = ?2,
+                                    message = 'Resuming after a coordinator restart'
+                             WHERE id = ?1 AND status = 'running'",
+                            params![job.id, now],
+                        )?;
+                        outcome.push(Recovered::Resumed(job.id));
+                    }
+                    JobType::Clone => {
+                        let message = format!(
+                            "the coordinator stopped while this clone job was running, and it had \
+                             already been tried {} times; submit a new clone request",
+                            job.attempts
+                        );
+                        fail_job_tx(&tx, &job.id, "interrupted", &message, now)?;
+                        outcome.push(Recovered::Failed(job.id));
+                    }
+                    JobType::Restore => {
+                        let message = "the coordinator stopped while this restore was running; \
+                                       a restore is not repeated automatically, check the target \
+                                       site and submit it again"
+                            .to_string();
+                        fail_job_tx(&tx, &job.id, "interrupted", &message, now)?;
+                        outcome.push(Recovered::Failed(job.id));
+                    }
+                }
+            }
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Remembers that a claim for this clone is about to be sent to `agent`.
+    pub async fn record_claim_attempt(
+        &self,
+        clone_row: i64,
+        agent: &str,
+        cold: bool,
+    ) -> Result<Vec<String>, StoreError> {
+        let agent = agent.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut agents = claim_agents_tx(&tx, clone_row)?;
+            if !agents.contains(&agent) {
+                agents.push(agent);
+            }
+            tx.execute(
+                "UPDATE clones SET claim_agents = ?2, last_claim_cold = ?3 WHERE id = ?1",
+                params![clone_row, encode_agents(&agents), cold],
+            )?;
+            tx.commit()?;
+            Ok(agents)
+        })
+        .await
+    }
+
+    /// Forgets `agent` after it answered a definite "no" (it holds no pod for this clone).
+    pub async fn forget_claim_agent(&self, clone_row: i64, agent: &str) -> Result<(), StoreError> {
+        let agent = agent.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let mut agents = claim_agents_tx(&tx, clone_row)?;
+            agents.retain(|a| a != &agent);
+            tx.execute(
+                "UPDATE clones SET claim_agents = ?2 WHERE id = ?1",
+                params![clone_row, encode_agents(&agents)],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Completes a running clone job: the clone becomes `ready` with its pod, and the job
+    /// `completed` with the result. Returns `None` when the job was no longer running.
+    pub async fn complete_clone_job(
+        &self,
+        job_id: &str,
+        clone_row: i64,
+        claim: ClaimOutcome,
+        now: i64,
+    ) -> Result<Option<(JobRow, CloneRow)>, StoreError> {
+        let job_id = job_id.to_string();
+        let minute_ms = self.inner.minute_ms;
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(clone) = clone_by_row(&tx, clone_row)? else {
+                return Ok(None);
+            };
+            let job = job_by_id(&tx, &job_id)?;
+            if clone.status != CloneStatus::Provisioning
+                || job.as_ref().map(|j| j.state) != Some(JobState::Running)
+            {
+                return Ok(None);
+            }
+            let expires_at = now + i64::from(clone.ttl_minutes) * minute_ms;
+            let mut agents = clone.claim_agents.clone();
+            if !agents.contains(&claim.agent) {
+                agents.push(claim.agent.clone());
+            }
+            tx.execute(
+                "UPDATE clones SET status = 'ready', agent = ?2, claim_agents = ?3, node = ?4,
+                        pod_id = ?5, endpoint = ?6, path = ?7, ready_at = ?8, expires_at = ?9
+                 WHERE id = ?1",
+                params![
+                    clone_row,
+                    claim.agent,
+                    encode_agents(&agents),
+                    claim.node,
+                    claim.pod_id,
+                    claim.endpoint,
+                    claim.path.as_str(),
+                    now,
+                    expires_at
+                ],
+            )?;
+            let result = JobResult::Clone(CloneResult {
+                clone_id: clone.clone_id.clone(),
+                clone_url: clone.clone_url.clone(),
+                username: claim.username.clone(),
+                password: claim.password.clone(),
+                magic_login_url: None,
+                expires_at: rfc3339(expires_at),
+                path: claim.path,
+                node: claim.node.clone(),
+            });
+            let result_json = serde_json::to_string(&result)
+                .map_err(|err| StoreError::Corrupt(err.to_string()))?;
+            tx.execute(
+                "UPDATE jobs SET status = 'completed', progress = 100, message = ?2, result = ?3,
+                        updated_at = ?4
+                 WHERE id = ?1",
+                params![
+                    job_id,
+                    format!("Clone ready at {}", clone.clone_url),
+                    result_json,
+                    now
+                ],
+            )?;
+            let job = job_by_id(&tx, &job_id)?;
+            let clone = clone_by_row(&tx, clone_row)?;
+            tx.commit()?;
+            Ok(job.zip(clone))
+        })
+        .await
+    }
+
+    pub async fn clone_for_job(&self, job_id: &str) -> Result<Option<CloneRow>, StoreError> {
+        let job_id = job_id.to_string();
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    &format!("SELECT {CLONE_COLUMNS} FROM clones WHERE job_id = ?1"),
+                    params![job_id],
+                    clone_from_row,
+                )
+                .optional()?)
+        })
+        .await
+    }
+
+    /// A clone by row id.
+    pub async fn clone_row(&self, id: i64) -> Result<Option<CloneRow>, StoreError> {
+        self.read(move |conn| clone_by_row(conn, id)).await
+    }
+
+    /// The live clone with this name, or else the most recent ended one.
+    pub async fn clone_by_name(&self, clone_id: &str) -> Result<Option<CloneRow>, StoreError> {
+        let clone_id = clone_id.to_string();
+        self.read(move |conn| clone_by_name_tx(conn, &clone_id))
+            .await
+    }
+
+    /// Live clones oldest first, or (with `include_ended`) the newest 500 of all.
+    pub async fn list_clones(&self, include_ended: bool) -> Result<Vec<CloneRow>, StoreError> {
+        self.read(move |conn| {
+            let sql = if include_ended {
+                format!("SELECT {CLONE_COLUMNS} FROM clones ORDER BY id DESC LIMIT 500")
+            } else {
+                format!("SELECT {CLONE_COLUMNS} FROM clones WHERE status != 'released' ORDER BY id")
+            };
+            let mut stmt = conn.prepare(&sql)?;
+            let rows = stmt.query_map([], clone_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Ends a clone early (DELETE): see [`EndOutcome`].
+    pub async fn end_clone(&self, clone_id: &str, now: i64) -> Result<EndOutcome, StoreError> {
+        let clone_id = clone_id.to_string();
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(clone) = clone_by_name_tx(&tx, &clone_id)? else {
+                return Ok(EndOutcome::NotFound);
+            };
+            let outcome = match clone.status {
+                CloneStatus::Released => EndOutcome::NotFound,
+                CloneStatus::Releasing => EndOutcome::AlreadyReleasing(clone),
+                CloneStatus::Ready => {
+                    tx.execute(
+                        "UPDATE clones SET status = 'releasing', end_reason = 'deleted', ended_at = ?2
+                         WHERE id = ?1 AND status = 'ready'",
+                        params![clone.id, now],
+                    )?;
+                    EndOutcome::Releasing(
+                        clone_by_row(&tx, clone.id)?.ok_or_else(|| {
+                            StoreError::Corrupt("a clone vanished inside its transaction".into())
+                        })?,
+                    )
+                }
+                CloneStatus::Provisioning => {
+                    let job = job_by_id(&tx, &clone.job_id)?;
+                    match job.map(|j| j.state) {
+                        Some(JobState::Pending) => {
+                            cancel_job_tx(&tx, &clone.job_id, "cancelled: its clone was deleted", now)?;
+                            tx.execute(
+                                "UPDATE clones SET end_reason = 'deleted' WHERE id = ?1",
+                                params![clone.id],
+                            )?;
+                            EndOutcome::CancelledJob(clone_by_row(&tx, clone.id)?.ok_or_else(
+                                || StoreError::Corrupt("a clone vanished inside its transaction".into()),
+                            )?)
+                        }
+                        _ => EndOutcome::StillProvisioning {
+                            job_id: clone.job_id.clone(),
+                        },
+                    }
+                }
+            };
+            tx.commit()?;
+            Ok(outcome)
+        })
+        .await
+    }
+
+    /// Adds `minutes` to a live clone's life, unless the remaining life would exceed
+    /// `max_remaining_minutes`.
+    pub async fn extend_clone(
+        &self,
+        clone_id: &str,
+        minutes: u32,
+        max_remaining_minutes: u32,
+        now: i64,
+    ) -> Result<ExtendOutcome, StoreError> {
+        let clone_id = clone_id.to_string();
+        let minute_ms = self.inner.minute_ms;
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let Some(clone) = clone_by_name_tx(&tx, &clone_id)? else {
+                return Ok(ExtendOutcome::NotLive);
+            };
+            let max = i64::from(max_remaining_minutes);
+            match clone.status {
+                CloneStatus::Provisioning => {
+                    let total = i64::from(clone.ttl_minutes) + i64::from(minutes);
+                    if total > max {
+                        return Ok(ExtendOutcome::TooLong {
+                            remaining_minutes: total,
+                        });
+                    }
+                    tx.execute(
+                        "UPDATE clones SET ttl_minutes = ?2 WHERE id = ?1 AND status = 'provisioning'",
+                        params![clone.id, total],
+                    )?;
+                }
+                CloneStatus::Ready => {
+                    let expires = clone.expires_at.unwrap_or(now) + i64::from(minutes) * minute_ms;
+                    let remaining = (expires - now + minute_ms - 1) / minute_ms;
+                    if remaining > max {
+                        return Ok(ExtendOutcome::TooLong {
+                            remaining_minutes: remaining,
+                        });
+                    }
+                    tx.execute(
+                        "UPDATE clones SET ttl_minutes = ttl_minutes + ?2, expires_at = ?3
+                         WHERE id = ?1 AND status = 'ready'",
+                        params![clone.id, minutes, expires],
+                    )?;
+                }
+                CloneStatus::Releasing | CloneStatus::Released => return Ok(ExtendOutcome::NotLive),
+            }
+            let clone = clone_by_row(&tx, clone.id)?
+                .ok_or_else(|| StoreError::Corrupt("a clone vanished inside its transaction".into()))?;
+            tx.commit()?;
+            Ok(ExtendOutcome::Extended(Box::new(clone)))
+        })
+        .await
+    }
+
+    /// Moves every ready clone whose time is up to `releasing` and returns them. A clone is
+    /// returned by exactly one call.
+    pub async fn expire_due(&self, now: i64) -> Result<Vec<CloneRow>, StoreError> {
+        self.write(move |conn| {
+            let mut stmt = conn.prepare(&format!(
+                "UPDATE clones SET status = 'releasing', end_reason = 'expired', ended_at = ?1
+                 WHERE status = 'ready' AND expires_at <= ?1
+                 RETURNING {CLONE_COLUMNS}"
+            ))?;
+            let rows = stmt.query_map(params![now], clone_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    pub async fn releasing_clones(&self) -> Result<Vec<CloneRow>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {CLONE_COLUMNS} FROM clones WHERE status = 'releasing' ORDER BY id"
+            ))?;
+            let rows = stmt.query_map([], clone_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Marks a releasing clone released (its pod was handed back). False if it was not releasing.
+    pub async fn finish_release(&self, clone_row: i64, now: i64) -> Result<bool, StoreError> {
+        self.write(move |conn| {
+            let changed = conn.execute(
+                "UPDATE clones SET status = 'released', ended_at = COALESCE(ended_at, ?2)
+                 WHERE id = ?1 AND status = 'releasing'",
+                params![clone_row, now],
+            )?;
+            Ok(changed == 1)
+        })
+        .await
+    }
+
+    /// Ready clones, for the edge proxy's routing table.
+    pub async fn ready_clones(&self) -> Result<Vec<CloneRow>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare(&format!(
+                "SELECT {CLONE_COLUMNS} FROM clones WHERE status = 'ready'"
+            ))?;
+            let rows = stmt.query_map([], clone_from_row)?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+    }
+
+    /// Number of jobs in each state.
+    pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
+        self.read(|conn| {
+            let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+            let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
+            let mut counts: Vec<(JobState, u64)> =
+                JobState::ALL.iter().map(|state| (*state, 0)).collect();
+            for row in rows {
+                let (status, count) = row?;
+                let state: JobState = status.parse().map_err(StoreError::Corrupt)?;
+                if let Some(slot) = counts.iter_mut().find(|(s, _)| *s == state) {
+                    slot.1 = count;
+                }
+            }
+            Ok(counts)
+        })
+        .await
+    }
+
+    /// Deletes idempotency keys older than `key_cutoff` and finished jobs (with their ended
+    /// clones) older than `job_cutoff`. Returns how many jobs were deleted.
+    pub async fn prune(&self, key_cutoff: i64, job_cutoff: i64) -> Result<usize, StoreError> {
+        self.write(move |conn| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            tx.execute(
+                "DELETE FROM idempotency_keys WHERE created_at < ?1",
+                params![key_cutoff],
+            )?;
+            let deleted = tx.execute(
+                "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
+                   AND updated_at < ?1
+                   AND NOT EXISTS (SELECT 1 FROM clones c WHERE c.job_id = jobs.id AND c.status != 'released')",
+                params![job_cutoff],
+            )?;
+            tx.commit()?;
+            Ok(deleted)
+        })
+        .await
+    }
+
+    /// True when the database answers a query.
+    pub async fn ping(&self) -> bool {
+        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+            .await
+            .is_ok()
+    }
+}
+
+const JOB_COLUMNS: &str =
+    "id, type, status, progress, message, request, result, error, error_code, \
+                           attempts, clone_id, created_at, updated_at, not_before";
+
+const CLONE_COLUMNS: &str = "id, clone_id, job_id, status, source_url, clone_url, clone_host, \
+                             ttl_minutes, agent, claim_agents, last_claim_cold, node, pod_id, \
+                             endpoint, path, created_at, ready_at, expires_at, ended_at, end_reason";
+
+fn corrupt(err: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, err.into())
+}
+
+fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
+    Ok(JobRow {
+        id: row.get(0)?,
+        job_type: row.get::<_, String>(1)?.parse().map_err(corrupt)?,
+        state: row.get::<_, String>(2)?.parse().map_err(corrupt)?,
+        progress: row.get(3)?,
+        message: row.get(4)?,
+        request_json: row.get(5)?,
+        result_json: row.get(6)?,
+        error: row.get(7)?,
+        error_code: row.get(8)?,
+        attempts: row.get(9)?,
+        clone_id: row.get(10)?,
+        created_at: row.get(11)?,
+        updated_at: row.get(12)?,
+        not_before: row.get(13)?,
+    })
+}
+
+fn clone_from_row(row: &Row<'_>) -> rusqlite::Result<CloneRow> {
+    let agents: String = row.get(9)?;
+    Ok(CloneRow {
+        id: row.get(0)?,
+        clone_id: row.get(1)?,
+        job_id: row.get(2)?,
+        status: row.get::<_, String>(3)?.parse().map_err(corrupt)?,
+        source_url: row.get(4)?,
+        clone_url: row.get(5)?,
+        clone_host: row.get(6)?,
+        ttl_minutes: row.get(7)?,
+        agent: row.get(8)?,
+        claim_agents: serde_json::from_str(&agents).map_err(|e| corrupt(e.to_string()))?,
+        last_claim_cold: row.get(10)?,
+        node: row.get(11)?,
+        pod_id: row.get(12)?,
+        endpoint: row.get(13)?,
+        path: row
+            .get::<_, Option<String>>(14)?
+            .map(|p| p.parse().map_err(corrupt))
+            .transpose()?,
+        created_at: row.get(15)?,
+        ready_at: row.get(16)?,
+        expires_at: row.get(17)?,
+        ended_at: row.get(18)?,
+        end_reason: row.get(19)?,
+    })
+}
+
+fn job_by_id(conn: &Connection, id: &str) -> Result<Option<JobRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+            params![id],
+            job_from_row,
+        )
+        .optional()?)
+}
+
+fn clone_by_row(conn: &Connection, id: i64) -> Result<Option<CloneRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {CLONE_COLUMNS} FROM clones WHERE id = ?1"),
+            params![id],
+            clone_from_row,
+        )
+        .optional()?)
+}
+
+fn clone_by_name_tx(conn: &Connection, clone_id: &str) -> Result<Option<CloneRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {CLONE_COLUMNS} FROM clones WHERE clone_id = ?1
+                 ORDER BY (status != 'released') DESC, id DESC LIMIT 1"
+            ),
+            params![clone_id],
+            clone_from_row,
+        )
+        .optional()?)
+}
+
+fn claim_agents_tx(tx: &Transaction<'_>, clone_row: i64) -> Result<Vec<String>, StoreError> {
+    let json: String = tx.query_row(
+        "SELECT claim_agents FROM clones WHERE id = ?1",
+        params![clone_row],
+        |r| r.get(0),
+    )?;
+    serde_json::from_str(&json).map_err(|err| StoreError::Corrupt(err.to_string()))
+}
+
+fn encode_agents(agents: &[String]) -> String {
+    serde_json::to_string(agents).unwrap_or_else(|_| "[]".into())
+}
+
+/// Ends the clone of a job that will not complete: `releasing` when an agent may hold a pod for
+/// it, else `released` straight away.
+fn end_clone_of_job(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    reason: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE clones SET
+            status = CASE WHEN claim_agents = '[]' THEN 'released' ELSE 'releasing' END,
+            end_reason = COALESCE(end_reason, ?2), ended_at = ?3
+         WHERE job_id = ?1 AND status IN ('provisioning', 'ready')",
+        params![job_id, reason, now],
+    )?;
+    Ok(())
+}
+
+fn fail_job_tx(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    code: &str,
+    message: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let changed = tx.execute(
+        "UPDATE jobs SET status = 'failed', error = ?2, error_code = ?3, updated_at = ?4,
+                message = 'Failed'
+         WHERE id = ?1 AND status IN ('pending', 'running')",
+        params![job_id, message, code, now],
+    )?;
+    if changed == 1 {
+        end_clone_of_job(tx, job_id, "job_failed", now)?;
+    }
+    Ok(())
+}
+
+fn cancel_job_tx(
+    tx: &Transaction<'_>,
+    job_id: &str,
+    why: &str,
+    now: i64,
+) -> Result<(), StoreError> {
+    let changed = tx.execute(
+        "UPDATE jobs SET status = 'cancelled', error = ?2, error_code = 'cancelled',
+                message = 'Cancelled', updated_at = ?3
+         WHERE id = ?1 AND status = 'pending'",
+        params![job_id, why, now],
+    )?;
+    if changed == 1 {
+        end_clone_of_job(tx, job_id, "cancelled", now)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn open_temp() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        (dir, store)
+    }
+
+    pub(crate) fn clone_job(job_id: &str, clone_id: &str, now: i64) -> NewJob {
+        NewJob {
+            job_id: job_id.into(),
+            job_type: JobType::Clone,
+            request_json: "{}".into(),
+            clone: Some(NewClone {
+                clone_id: clone_id.into(),
+                source_url: "https://a.example".into(),
+                clone_url: format!("http://{clone_id}.localhost:8080"),
+                clone_host: format!("{clone_id}.localhost:8080"),
+                ttl_minutes: 30,
+            }),
+            idempotency: None,
+            max_queued: 100,
+            now,
+        }
+    }
+
+    pub(crate) fn claim(agent: &str) -> ClaimOutcome {
+        ClaimOutcome {
+            agent: agent.into(),
+            node: "node-a".into(),
+            pod_id: "cp-1".into(),
+            endpoint: "http://127.0.0.1:1".into(),
+            path: ClonePath::Warm,
+            username: "admin".into(),
+            password: "pw".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_clone_name_cannot_be_taken_twice_but_can_be_reused_once_released() {
+        let (_dir, store) = open_temp();
+        store
+            .create_job(clone_job("job-1", "shop", 1))
+            .await
+            .unwrap();
+        let err = store
+            .create_job(clone_job("job-2", "shop", 2))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::CloneNameTaken { .. }), "{err}");
+        // The refused job left nothing behind.
+        assert!(store.job("job-2").await.unwrap().is_none());
+
+        let job = store.start_next_job(3).await.unwrap().unwrap();
+        let clone = store.clone_for_job(&job.id).await.unwrap().unwrap();
+        store
+            .complete_clone_job(&job.id, clone.id, claim("a"), 4)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            store.end_clone("shop", 5).await.unwrap(),
+            EndOutcome::Releasing(_)
+        ));
+        assert!(store.finish_release(clone.id, 6).await.unwrap());
+        store
+            .create_job(clone_job("job-3", "shop", 7))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_queue_limit_refuses_new_jobs() {
+        let (_dir, store) = open_temp();
+        let mut job = clone_job("job-1", "a", 1);
+        job.max_queued = 1;
+        store.create_job(job).await.unwrap();
+        let mut job = clone_job("job-2", "b", 1);
+        job.max_queued = 1;
+        assert!(matches!(
+            store.create_job(job).await,
+            Err(StoreError::QueueFull { limit: 1 })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_idempotency_key_replays_the_same_job_and_refuses_a_different_body() {
+        let (_dir, store) = open_temp();
+        let with_key = |job_id: &str, clone_id: &str, hash: &str| {
+            let mut job = clone_job(job_id, clone_id, 1);
+            job.idempotency = Some(IdempotencyKey {
+                route: "clone",
+                key: "k1".into(),
+                request_hash: hash.into(),
+            });
+            job
+        };
+        let Created::New(first) = store
+            .create_job(with_key("job-1", "a", "h1"))
+            .await
+            .unwrap()
+        else {
+            panic!("first use must create");
+        };
+        let Created::Replayed(again) = store
+            .create_job(with_key("job-2", "a", "h1"))
+            .await
+            .unwrap()
+        else {
+            panic!("same key and body must replay");
+        };
+        assert_eq!(again.id, first.id);
+        assert!(store.job("job-2").await.unwrap().is_none());
+        assert!(matches!(
+            store.create_job(with_key("job-3", "b", "h2")).await,
+            Err(StoreError::IdempotencyMismatch)
+        ));
+    }
+
+    #[tokio::test]
+    async fn recovery_resumes_clone_jobs_with_attempts_left_and_fails_the_rest() {
+        let (_dir, store) = open_temp();
+        store.create_job(clone_job("job-1", "a", 1)).await.unwrap();
+        store.create_job(clone_job("job-2", "b", 2)).await.unwrap();
+        let mut restore = clone_job("job-3", "c", 3);
+        restore.job_type = JobType::Restore;
+        restore.clone = None;
+        store.create_job(restore).await.unwrap();
+        for _ in 0..3 {
+            store.start_next_job(10).await.unwrap().unwrap();
+        }
+        // job-2 has used its last attempt.
+        store
+            .inner
+            .writer
+            .lock()
+            .unwrap()
+            .execute("UPDATE jobs SET attempts = 3 WHERE id = 'job-2'", [])
+            .unwrap();
+        let clone_b = store.clone_for_job("job-2").await.unwrap().unwrap();
+        store
+            .record_claim_attempt(clone_b.id, "http://agent", false)
+            .await
+            .unwrap();
+
+        let outcome = store.recover_interrupted(3, 20).await.unwrap();
+        assert!(outcome.contains(&Recovered::Resumed("job-1".into())));
+        assert!(outcome.contains(&Recovered::Failed("job-2".into())));
+        assert!(outcome.contains(&Recovered::Failed("job-3".into())));
+        let counts = store.job_counts().await.unwrap();
+        assert!(counts.contains(&(JobState::Running, 0)), "{counts:?}");
+        let failed = store.job("job-2").await.unwrap().unwrap();
+        assert_eq!(failed.state, JobState::Failed);
+        assert!(failed.error.unwrap().contains("coordinator stopped"));
+        // Its clone may hold a pod on the agent it asked: that pod gets released.
+        let clone_b = store.clone_for_job("job-2").await.unwrap().unwrap();
+        assert_eq!(clone_b.status, CloneStatus::Releasing);
+        let clone_a = store.clone_for_job("job-1").await.unwrap().unwrap();
+        assert_eq!(clone_a.status, CloneStatus::Provisioning);
+    }
+
+    #[tokio::test]
+    async fn expiry_hands_each_clone_out_exactly_once() {
+        let (_dir, store) = open_temp();
+        store.create_job(clone_job("job-1", "a", 1)).await.unwrap();
+        let job = store.start_next_job(1).await.unwrap().unwrap();
+        let clone = store.clone_for_job(&job.id).await.unwrap().unwrap();
+        store
+            .complete_clone_job(&job.id, clone.id, claim("x"), 1)
+            .await
+            .unwrap();
+        let later = 1 + 31 * 60_000;
+        let (a, b) = tokio::join!(store.expire_due(later), store.expire_due(later));
+        assert_eq!(a.unwrap().len() + b.unwrap().len(), 1);
+        assert!(store.expire_due(later).await.unwrap().is_empty());
+        // A DELETE racing with expiry does not release it again.
+        assert!(matches!(
+            store.end_clone("a", later).await.unwrap(),
+            EndOutcome::AlreadyReleasing(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn only_pending_jobs_can_be_cancelled() {
+        let (_dir, store) = open_temp();
+        store.create_job(clone_job("job-1", "a", 1)).await.unwrap();
+        store.create_job(clone_job("job-2", "b", 2)).await.unwrap();
+        store.start_next_job(5).await.unwrap();
+        assert!(matches!(
+            store.cancel_job("job-1", 6).await.unwrap(),
+            CancelOutcome::NotCancellable(_)
+        ));
+        let CancelOutcome::Cancelled(job) = store.cancel_job("job-2", 6).await.unwrap() else {
+            panic!("pending job must cancel");
+        };
+        assert_eq!(job.state, JobState::Cancelled);
+        let clone = store.clone_for_job("job-2").await.unwrap().unwrap();
+        assert_eq!(clone.status, CloneStatus::Released);
+        assert_eq!(clone.end_reason.as_deref(), Some("cancelled"));
+        assert!(matches!(
+            store.cancel_job("job-9", 6).await.unwrap(),
+            CancelOutcome::NotFound
+        ));
+    }
+
+    #[tokio::test]
+    async fn extending_adds_time_up_to_the_limit() {
+        let (_dir, store) = open_temp();
+        store.create_job(clone_job("job-1", "a", 0)).await.unwrap();
+        let job = store.start_next_job(0).await.unwrap().unwrap();
+        let clone = store.clone_for_job(&job.id).await.unwrap().unwrap();
+        store
+            .complete_clone_job(&job.id, clone.id, claim("x"), 0)
+            .await
+            .unwrap();
+        let ExtendOutcome::Extended(clone) = store.extend_clone("a", 60, 1440, 0).await.unwrap()
+        else {
+            panic!("extend must work");
+        };
+        assert_eq!(clone.expires_at, Some(90 * 60_000));
+        assert_eq!(clone.ttl_minutes, 90);
+        assert!(matches!(
+            store.extend_clone("a", 1400, 1440, 0).await.unwrap(),
+            ExtendOutcome::TooLong {
+                remaining_minutes: 1490
+            }
+        ));
+        assert!(matches!(
+            store.extend_clone("nope", 10, 1440, 0).await.unwrap(),
+            ExtendOutcome::NotLive
+        ));
+    }
+}
