@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 pub const SECTION_MARK: &str = "@@";
 
 /// Sections with at most this many lines keep their lines, so a mismatch can say what differs.
-const KEEP_LINES: usize = 64;
+const KEEP_LINES: usize = 256;
 
 /// One section of a fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

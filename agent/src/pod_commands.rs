@@ -84,7 +84,9 @@ impl PodCommandError {
 /// Shell helpers shared by the scripts: which processes belong in a web/db container.
 ///
 /// Expected: PID 1 (tini), this script and its parent (the exec's `timeout` wrapper), the
-/// Apache master (child of PID 1) and its workers; everything else is a stray.
+/// Apache master (binary /usr/sbin/apache2, child of PID 1) and its workers (children of the
+/// master named apache2; root cannot read the binary of www-data's processes without
+/// CAP_SYS_PTRACE, and only the master forks them). Everything else is a stray.
 const PROC_HELPERS: &str = r#"
 ppid_of() { pp=; while read -r k v _; do if [ "$k" = PPid: ]; then pp=$v; return 0; fi; done < "/proc/$1/status"; return 1; }
 apache_master=
@@ -96,9 +98,13 @@ for d in /proc/[0-9]*; do
 done
 expected() {
     if [ "$1" = 1 ] || [ "$1" = "$$" ] || [ "$1" = "$PPID" ]; then return 0; fi
-    [ "/proc/$1/exe" -ef /usr/sbin/apache2 ] || return 1
+    [ -n "$apache_master" ] || return 1
+    [ "$1" = "$apache_master" ] && return 0
     ppid_of "$1" 2>/dev/null || return 1
-    [ "$pp" = 1 ] || { [ -n "$apache_master" ] && [ "$pp" = "$apache_master" ]; }
+    [ "$pp" = "$apache_master" ] || return 1
+    n=
+    read -r n 2>/dev/null < "/proc/$1/comm"
+    [ "$n" = apache2 ]
 }
 list_strays() {
     echo "@@$1"
@@ -126,8 +132,11 @@ fn list_dirs_cmd(dirs: &[&str]) -> String {
         .join("\n")
 }
 
-/// Kills every stray process (three rounds, in case one forks meanwhile), restarts Apache's
-/// workers (SIGHUP: no request of the previous clone survives), waits until the killed are reaped.
+/// Kills every stray process (three rounds, in case one forks meanwhile) and waits until they
+/// are reaped. Apache's workers are restarted (SIGHUP) only when a request may still run: a
+/// port-80 connection established, half-closed by the client or being opened. An idle worker
+/// keeps no state of the previous clone between requests, and a restart would throw away the
+/// opcode cache (the next request would take ~0.5 s longer).
 const KILL_STRAYS: &str = r#"
 victims_all=
 for round in 1 2 3; do
@@ -140,7 +149,16 @@ for round in 1 2 3; do
     kill -KILL $victims 2>/dev/null
     victims_all="$victims_all $victims"
 done
-if [ -n "$apache_master" ]; then kill -HUP "$apache_master"; fi
+in_flight=
+for t in /proc/net/tcp /proc/net/tcp6; do
+    [ -r "$t" ] || continue
+    while read -r _ local _ st _; do
+        case "$local" in
+            *:0050) case "$st" in 01|03|08) in_flight=1 ;; esac ;;
+        esac
+    done < "$t"
+done
+if [ -n "$in_flight" ] && [ -n "$apache_master" ]; then kill -HUP "$apache_master"; fi
 i=0
 while [ -n "$victims_all" ] && [ $i -lt 60 ]; do
     left=
@@ -212,7 +230,8 @@ SET @q = (SELECT GROUP_CONCAT(CONCAT('SELECT ', QUOTE(table_name), ', COUNT(*) F
 EXECUTE IMMEDIATE COALESCE(@q, 'SELECT 1 FROM DUAL WHERE FALSE');
 SELECT '@@wp-options';
 SELECT option_name FROM wordpress.wp_options
- WHERE option_name NOT LIKE '\_transient\_%' AND option_name NOT LIKE '\_site\_transient\_%';
+ WHERE option_name NOT LIKE '\_transient\_%' AND option_name NOT LIKE '\_site\_transient\_%'
+   AND option_name NOT LIKE 'theme\_mods\_%' AND option_name NOT LIKE 'widget\_%';
 SELECT '@@wp-settings';
 SELECT CONCAT(option_name, '=', option_value) FROM wordpress.wp_options
  WHERE option_name IN ('siteurl', 'home', 'template', 'stylesheet', 'active_plugins', 'blogname',
@@ -409,6 +428,50 @@ impl PodCommands {
         .map(|_| ())
     }
 
+    /// The claim in one database exec: siteurl/home become `site_url`, the admin gets `password`
+    /// (stored as an MD5 hash, which WordPress accepts and upgrades to its own hash at the first
+    /// login) and loses any session. Fails unless exactly one admin user was updated.
+    pub async fn apply_claim(
+        &self,
+        pod: &PodId,
+        site_url: &str,
+        password: &Secret,
+    ) -> Result<(), PodCommandError> {
+        let sql = format!(
+            "USE wordpress;\n\
+             UPDATE wordpress.wp_options SET option_value = {url} WHERE option_name IN ('siteurl', 'home');\n\
+             UPDATE wordpress.wp_users SET user_pass = MD5({pw}) WHERE user_login = {user};\n\
+             SELECT ROW_COUNT();\n\
+             DELETE m FROM wordpress.wp_usermeta m JOIN wordpress.wp_users u ON u.ID = m.user_id\n\
+               WHERE u.user_login = {user} AND m.meta_key = 'session_tokens';\n",
+            url = sql_literal(site_url),
+            pw = sql_literal(password.expose()),
+            user = sql_literal(ADMIN_USER),
+        );
+        let out = self
+            .run(
+                pod,
+                ContainerRole::Db,
+                "claim settings",
+                ExecRequest::new(MARIADB.iter().copied())
+                    .stdin(sql)
+                    .timeout(Duration::from_secs(30)),
+                &[password],
+            )
+            .await?;
+        if out.stdout_str().trim() != "1" {
+            return Err(PodCommandError::Failed {
+                step: "claim settings",
+                code: 0,
+                stderr: format!(
+                    "expected one admin user {ADMIN_USER:?} to update, got {:?}",
+                    out.stdout_str().trim()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Saves the pristine database (SQL dump) and wp-content (a copy) inside the pod, root-only.
     pub async fn snapshot_pristine(&self, pod: &PodId) -> Result<(), PodCommandError> {
         let db = self.run(
@@ -518,7 +581,7 @@ impl PodCommands {
             "P={PRISTINE_DIR}/pristine/wp-content\n\
              [ -d \"$P\" ] || {{ echo \"no pristine copy of wp-content at $P\" >&2; exit 3; }}\n\
              rm -rf {WP_CONTENT} || exit 4\n\
-             cp -a \"$P\" {WP_CONTENT} || exit 4"
+             cp -R -P --preserve=mode,ownership \"$P\" {WP_CONTENT} || exit 4"
         );
         let scratch = WEB_SCRATCH_DIRS
             .iter()
@@ -566,7 +629,8 @@ impl PodCommands {
             "echo @@wp-content-tree",
             "find . -mindepth 1 -printf '%y %m %U:%G %p %l\\n'",
             "echo @@wp-content-sums",
-            "find . -type f -exec sha256sum -- {} +",
+            // -L: also what the theme/plugin symlinks point to.
+            "find -L . -type f -exec sha256sum -- {} +",
             "echo @@web-files",
             &list_dirs_cmd(WEB_SCRATCH_DIRS),
             &list_dirs_cmd(WEB_FILE_ONLY_DIRS),

@@ -482,11 +482,7 @@ impl WarmPool {
                 ClaimOutcome::Claimed(rec) => {
                     let _busy = self.busy(&rec.id);
                     let site = format!("http://{host}");
-                    let (url, pw) = tokio::join!(
-                        inner.commands.set_site_url(&rec.id, &site),
-                        inner.commands.set_admin_password(&rec.id, &password)
-                    );
-                    match url.and(pw) {
+                    match inner.commands.apply_claim(&rec.id, &site, &password).await {
                         Ok(()) => {
                             tracing::info!(pod = %rec.id, clone = %clone, "claimed (warm)");
                             return Ok((self.response(&rec, ClaimPath::Warm)?, false));
@@ -562,11 +558,7 @@ impl WarmPool {
         };
         let password = Secret::generate(PASSWORD_LEN);
         let site = format!("http://{host}");
-        let (url, pw) = tokio::join!(
-            inner.commands.set_site_url(&id, &site),
-            inner.commands.set_admin_password(&id, &password)
-        );
-        if let Err(e) = url.and(pw) {
+        if let Err(e) = inner.commands.apply_claim(&id, &site, &password).await {
             inner
                 .store
                 .quarantine(&id, &[], &format!("claim failed: {e}"), false)?;

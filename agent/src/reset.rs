@@ -50,27 +50,20 @@ pub struct ResetVerifier {
 }
 
 impl ResetVerifier {
-    /// Waits for WordPress to answer HTTP 200 and takes the pod's fingerprint (whose queries
-    /// prove MariaDB answers), then compares. `sequential` waits for HTTP before fingerprinting
-    /// (needed when the web container was just started).
+    /// Waits for WordPress to answer HTTP 200, then takes the pod's fingerprint (whose queries
+    /// prove MariaDB answers) and compares. In that order: WordPress creates a few options
+    /// (widgets, theme mods) lazily around its first request, and the fingerprint must not race
+    /// with it.
     pub async fn verify(
         &self,
         pod: &PodId,
         endpoint: &str,
         pristine: &Fingerprint,
-        sequential: bool,
     ) -> Result<ResetOutcome, ResetError> {
-        let ready = self
-            .health
-            .wait_ready(pod, endpoint, self.ready_timeout, true);
-        let current = if sequential {
-            ready.await?;
-            self.health.commands.fingerprint(pod).await?
-        } else {
-            let (ready, current) = tokio::join!(ready, self.health.commands.fingerprint(pod));
-            ready?;
-            current?
-        };
+        self.health
+            .wait_ready(pod, endpoint, self.ready_timeout, true)
+            .await?;
+        let current = self.health.commands.fingerprint(pod).await?;
         Ok(match pristine.compare(&current) {
             None => ResetOutcome::Clean,
             Some(m) => ResetOutcome::Dirty(m),
@@ -111,7 +104,7 @@ impl Resetter {
                 db?;
                 web?;
                 phase("clean");
-                let outcome = self.verifier.verify(pod, endpoint, pristine, false).await;
+                let outcome = self.verifier.verify(pod, endpoint, pristine).await;
                 phase("verify");
                 outcome
             }
@@ -124,7 +117,7 @@ impl Resetter {
                 web?;
                 let admin_password = Secret::generate(PASSWORD_LEN);
                 commands.wp_install(pod, &site_url, &admin_password).await?;
-                self.verifier.verify(pod, endpoint, pristine, false).await
+                self.verifier.verify(pod, endpoint, pristine).await
             }
             ResetMethod::RecreateWeb => {
                 let web = async {
@@ -138,7 +131,7 @@ impl Resetter {
                 let (db, web) = tokio::join!(commands.reset_database(pod, &db_password, true), web);
                 db?;
                 web?;
-                self.verifier.verify(pod, endpoint, pristine, true).await
+                self.verifier.verify(pod, endpoint, pristine).await
             }
         }
     }

@@ -177,6 +177,8 @@ impl std::fmt::Debug for Store {
 }
 
 const POD_COLUMNS: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, fingerprint, created_at, claim_path";
+/// The same without the (large) fingerprint, for listings.
+const POD_COLUMNS_LIST: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, NULL, created_at, claim_path";
 
 /// Creates `dir` (mode 0700) when missing.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
@@ -416,12 +418,12 @@ impl Store {
         self.get_in(&conn, id)
     }
 
-    /// Every pod, oldest first.
+    /// Every pod, oldest first (without their fingerprints: see [`Store::get`]).
     pub fn list(&self) -> Result<Vec<PodRecord>, StoreError> {
         let conn = self.conn.lock().unwrap_or_else(|e| e.into_inner());
         let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {POD_COLUMNS} FROM pods ORDER BY created_at, id"
+            .prepare_cached(&format!(
+                "SELECT {POD_COLUMNS_LIST} FROM pods ORDER BY created_at, id"
             ))
             .map_err(|e| self.sql(e))?;
         let rows = stmt
@@ -685,8 +687,13 @@ impl Store {
             } else {
                 reason.to_string()
             };
+            // A lost pod stays with its clone (so the clone can be told); any other quarantined
+            // pod is on its way out and frees the clone id for another claim.
             tx.execute(
-                "UPDATE pods SET state = ?2, since = ?3, reason = ?4, lost = ?5, admin_password = NULL
+                "UPDATE pods SET state = ?2, since = ?3, reason = ?4, lost = ?5, admin_password = NULL,
+                     clone_id = CASE WHEN ?5 THEN clone_id ELSE NULL END,
+                     clone_host = CASE WHEN ?5 THEN clone_host ELSE NULL END,
+                     reserved_for = NULL
                  WHERE id = ?1",
                 params![id.as_str(), PodState::Quarantined.as_str(), now_rfc3339(), reason, lost as i64],
             )

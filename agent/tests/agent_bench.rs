@@ -110,7 +110,7 @@ async fn bench_reset_claim_and_fill_timings() {
             fill.as_secs_f64(),
         );
         eprintln!("{line}");
-        for f in failed.iter().take(3) {
+        for f in failed.iter().take(6) {
             eprintln!("  quarantined: {f}");
         }
         report.push(line);

@@ -121,6 +121,12 @@ file_put_contents('/tmp/canary-from-php', 'clone A');
 exec('nohup sleep 8888 > /dev/null 2>&1 &');
 echo 'ok';
 PHP
+        cat > $W/canary-slow.php <<'PHP'
+<?php
+ignore_user_abort(true);
+sleep(4);
+file_put_contents('/tmp/late-canary', 'clone A, after the reset');
+PHP
         chown -R www-data:www-data $W
         echo 'clone A tmp' > /tmp/canary.txt
         echo 'clone A var tmp' > /var/tmp/canary.txt
@@ -168,7 +174,7 @@ fn surviving_canaries(pod: &PodId) -> Vec<String> {
         ContainerRole::Web,
         r#"W=/var/lib/wordpress/wp-content
         for f in $W/uploads/2026 $W/plugins/canary-plugin $W/themes/canary-theme $W/mu-plugins $W/canary-session.php \
-                 /tmp/canary.txt /tmp/canary-from-php /var/tmp/canary.txt /dev/shm/canary /var/spool/cron/crontabs/www-data; do
+                 $W/canary-slow.php /tmp/late-canary /tmp/canary.txt /tmp/canary-from-php /var/tmp/canary.txt /dev/shm/canary /var/spool/cron/crontabs/www-data; do
             [ -e "$f" ] && echo "file $f"
         done
         ls /var/lib/php/sessions | sed 's/^/session /'
@@ -205,13 +211,22 @@ async fn nothing_of_a_clone_survives_a_reset_and_every_secret_is_fresh() {
     let pass_hash_a = sql(&pod, "SELECT user_pass FROM wordpress.wp_users WHERE user_login = 'admin'");
     plant_canaries(&pod, &a.endpoint);
     let before = surviving_canaries(&pod);
-    assert!(before.len() >= 14, "the canaries are in place: {before:?}");
+    assert!(before.len() >= 15, "the canaries are in place: {before:?}");
 
+    // A request of clone A still runs when the release comes (the client gave up on it).
+    let slow = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "1", &format!("{}/wp-content/canary-slow.php", a.endpoint)])
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
     agent.pool.release(&clone("clone-a")).await.unwrap();
     wait_for("the pod WARM again", FILL, || {
         agent.pool.pod(&pod).is_ok_and(|p| p.state == PodState::Warm)
     })
     .await;
+    let _ = slow.wait_with_output();
+    // Long enough for the slow request to have finished had it survived.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let survived = surviving_canaries(&pod);
     assert!(survived.is_empty(), "residue of clone A after reset: {survived:?}");
 

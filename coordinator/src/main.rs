@@ -8,11 +8,18 @@ fn main() -> anyhow::Result<()> {
     let config = Config::from_env_and_args();
     let filter =
         EnvFilter::try_from_env("CLONEPOOL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours only on a terminal: scripts/up sends the log to a file.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     match config.log_format {
-        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+        LogFormat::Text => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_ansi(ansi)
+            .init(),
         LogFormat::Json => tracing_subscriber::fmt()
             .json()
             .with_env_filter(filter)
+            .with_writer(std::io::stderr)
             .init(),
     }
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -479,6 +479,7 @@ mod tests {
             ("localhost", vec![ip("127.0.0.1"), ip("::1")]),
             ("intranet.test", vec![ip("10.0.0.7")]),
             ("wiki.corp.test", vec![ip("10.0.0.8")]),
+            ("corp.test.evil.test", vec![ip("10.0.0.9")]),
             ("empty.test", vec![]),
         ]));
         let t = Duration::from_secs(1);
@@ -508,7 +509,10 @@ mod tests {
             check("http://wiki.corp.test/").await.is_ok(),
             "allow-listed suffix"
         );
-        assert!(check("http://corp.test.evil.test/").await.is_err());
+        assert!(
+            check("http://corp.test.evil.test/").await.is_err(),
+            "a suffix entry matches only subdomains"
+        );
         // A host that does not resolve cannot be reached now: accepted unless the operator
         // asks for strictness (every fetch is checked again).
         assert!(check("http://nowhere.test/").await.is_ok());

@@ -1,3 +1,4 @@
+# shellcheck shell=sh
 # Sourced by the clonepool WordPress helpers: when started as root, run again as www-data so any
 # file WordPress creates stays writable by Apache. stdin is passed through untouched.
 if [ "$(id -u)" = 0 ]; then
