@@ -236,11 +236,46 @@ impl WarmPool {
         if let Err(e) = self.reconcile_once().await {
             tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
         }
+        self.check_adopted_warm_pods().await;
         self.inner.loaded.store(true, Ordering::SeqCst);
         let pool = self.clone();
         tokio::spawn(async move { pool.reconcile_loop().await });
         let pool = self.clone();
         tokio::spawn(async move { pool.watch_loop().await });
+    }
+
+    /// WARM pods found at start must still be really ready: check them all (in parallel);
+    /// one that does not answer is quarantined and replaced.
+    async fn check_adopted_warm_pods(&self) {
+        let Ok(pods) = self.inner.store.list() else {
+            return;
+        };
+        let checks = pods
+            .into_iter()
+            .filter(|p| p.state == PodState::Warm)
+            .filter_map(|p| {
+                let busy = self.try_busy(&p.id)?;
+                let endpoint = p.endpoint.clone()?;
+                let health = self.inner.provisioner.health.clone();
+                Some(async move {
+                    let result = health.check(&p.id, &endpoint).await;
+                    drop(busy);
+                    (p.id, result)
+                })
+            });
+        for (id, result) in futures_util::future::join_all(checks).await {
+            if let Err(why) = result {
+                let reason = format!("adopted WARM pod does not answer: {why}");
+                tracing::warn!(pod = %id, reason, "quarantining");
+                if let Ok(Some(_)) =
+                    self.inner
+                        .store
+                        .quarantine(&id, &[PodState::Warm], &reason, false)
+                {
+                    self.spawn_destroy(id, &reason);
+                }
+            }
+        }
     }
 
     /// State loaded and the runtime reachable.

@@ -44,15 +44,29 @@ async fn the_pool_fills_to_target_with_pods_that_really_answer() {
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let agent = start_agent(dir.path(), &node, &[]).await;
-    wait_for("2 WARM pods", FILL, || agent.pool.capacity().unwrap().warm == 2).await;
+    wait_for("2 WARM pods", FILL, || {
+        agent.pool.capacity().unwrap().warm == 2
+    })
+    .await;
     eprintln!("pool of 2 filled in {:?}", started.elapsed());
     let pods = agent.pool.pods().unwrap();
     assert_eq!(pods.len(), 2);
-    assert_eq!(pod_labels_of_node(&node).len(), 4, "two containers per pod, no more");
+    assert_eq!(
+        pod_labels_of_node(&node).len(),
+        4,
+        "two containers per pod, no more"
+    );
     for pod in &pods {
         let endpoint = pod.endpoint.clone().unwrap();
-        assert_eq!(http_status(&format!("{endpoint}/"), None).await, 200, "{endpoint}");
-        assert_eq!(sql(&pod.pod_id, "SELECT COUNT(*) FROM wordpress.wp_users"), "1");
+        assert_eq!(
+            http_status(&format!("{endpoint}/"), None).await,
+            200,
+            "{endpoint}"
+        );
+        assert_eq!(
+            sql(&pod.pod_id, "SELECT COUNT(*) FROM wordpress.wp_users"),
+            "1"
+        );
     }
     agent.shutdown(Duration::from_secs(30)).await;
 }
@@ -64,14 +78,23 @@ async fn many_claim_release_cycles_return_the_pool_to_target() {
     let _cleanup = PodCleanup::new(&node);
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(dir.path(), &node, &[]).await;
-    wait_for("2 WARM pods", FILL, || agent.pool.capacity().unwrap().warm == 2).await;
+    wait_for("2 WARM pods", FILL, || {
+        agent.pool.capacity().unwrap().warm == 2
+    })
+    .await;
     let cycles = 12;
     for i in 0..cycles {
         let name = format!("cycle-{i}");
-        wait_for("a WARM pod", FILL, || agent.pool.capacity().unwrap().warm >= 1).await;
+        wait_for("a WARM pod", FILL, || {
+            agent.pool.capacity().unwrap().warm >= 1
+        })
+        .await;
         let resp = agent.pool.claim(&claim_req(&name)).await.unwrap();
         // The clone's URL and the fresh password are in place.
-        let site = sql(&resp.pod_id, "SELECT option_value FROM wordpress.wp_options WHERE option_name = 'siteurl'");
+        let site = sql(
+            &resp.pod_id,
+            "SELECT option_value FROM wordpress.wp_options WHERE option_name = 'siteurl'",
+        );
         assert_eq!(site, format!("http://{name}.localhost:8080"));
         agent.pool.release(&clone(&name)).await.unwrap();
     }
@@ -146,9 +169,15 @@ PHP
         .unwrap_or_default();
     assert_eq!(body, "ok", "the PHP canary ran");
     let (_, sessions) = sh(pod, ContainerRole::Web, "ls /var/lib/php/sessions");
-    assert!(sessions.contains("sess_"), "a PHP session file exists: {sessions}");
+    assert!(
+        sessions.contains("sess_"),
+        "a PHP session file exists: {sessions}"
+    );
     let (_, ps) = sh(pod, ContainerRole::Web, "ps -eo args");
-    assert!(ps.contains("sleep 9999") && ps.contains("sleep 8888"), "{ps}");
+    assert!(
+        ps.contains("sleep 9999") && ps.contains("sleep 8888"),
+        "{ps}"
+    );
 }
 
 /// Every canary is gone from the pod; returns what survived.
@@ -160,10 +189,18 @@ fn surviving_canaries(pod: &PodId) -> Vec<String> {
     if sql(pod, "SELECT COUNT(*) FROM mysql.user WHERE user = 'canary'") != "0" {
         found.push("DB user canary".into());
     }
-    if sql(pod, "SELECT COUNT(*) FROM wordpress.wp_options WHERE option_name = 'canary_option'") != "0" {
+    if sql(
+        pod,
+        "SELECT COUNT(*) FROM wordpress.wp_options WHERE option_name = 'canary_option'",
+    ) != "0"
+    {
         found.push("option row".into());
     }
-    if sql(pod, "SELECT COUNT(*) FROM wordpress.wp_posts WHERE post_content LIKE '%clone A%'") != "0" {
+    if sql(
+        pod,
+        "SELECT COUNT(*) FROM wordpress.wp_posts WHERE post_content LIKE '%clone A%'",
+    ) != "0"
+    {
         found.push("post row".into());
     }
     if !sql(pod, "SHOW TABLES FROM wordpress LIKE 'canary_table'").is_empty() {
@@ -181,7 +218,11 @@ fn surviving_canaries(pod: &PodId) -> Vec<String> {
         ps -eo args | grep -E 'sleep (8888|9999)' | grep -v grep | sed 's/^/process /'
         true"#,
     );
-    found.extend(out.lines().filter(|l| !l.trim().is_empty()).map(str::to_string));
+    found.extend(
+        out.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(str::to_string),
+    );
     found
 }
 
@@ -201,42 +242,71 @@ async fn nothing_of_a_clone_survives_a_reset_and_every_secret_is_fresh() {
     let _cleanup = PodCleanup::new(&node);
     let dir = tempfile::tempdir().unwrap();
     // One pod only, so the next clone gets the very pod the first one used.
-    let agent = start_agent(dir.path(), &node, &["--warm-target", "1", "--max-pods", "1"]).await;
-    wait_for("1 WARM pod", FILL, || agent.pool.capacity().unwrap().warm == 1).await;
+    let agent = start_agent(
+        dir.path(),
+        &node,
+        &["--warm-target", "1", "--max-pods", "1"],
+    )
+    .await;
+    wait_for("1 WARM pod", FILL, || {
+        agent.pool.capacity().unwrap().warm == 1
+    })
+    .await;
 
     let a = agent.pool.claim(&claim_req("clone-a")).await.unwrap();
     let pod = a.pod_id.clone();
     let db_password_a = config_value(&pod, "DB_PASSWORD");
     let auth_key_a = config_value(&pod, "AUTH_KEY");
-    let pass_hash_a = sql(&pod, "SELECT user_pass FROM wordpress.wp_users WHERE user_login = 'admin'");
+    let pass_hash_a = sql(
+        &pod,
+        "SELECT user_pass FROM wordpress.wp_users WHERE user_login = 'admin'",
+    );
     plant_canaries(&pod, &a.endpoint);
     let before = surviving_canaries(&pod);
     assert!(before.len() >= 15, "the canaries are in place: {before:?}");
 
     // A request of clone A still runs when the release comes (the client gave up on it).
     let slow = std::process::Command::new("curl")
-        .args(["-s", "--max-time", "1", &format!("{}/wp-content/canary-slow.php", a.endpoint)])
+        .args([
+            "-s",
+            "--max-time",
+            "1",
+            &format!("{}/wp-content/canary-slow.php", a.endpoint),
+        ])
         .spawn()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     agent.pool.release(&clone("clone-a")).await.unwrap();
     wait_for("the pod WARM again", FILL, || {
-        agent.pool.pod(&pod).is_ok_and(|p| p.state == PodState::Warm)
+        agent
+            .pool
+            .pod(&pod)
+            .is_ok_and(|p| p.state == PodState::Warm)
     })
     .await;
     let _ = slow.wait_with_output();
     // Long enough for the slow request to have finished had it survived.
     tokio::time::sleep(Duration::from_secs(5)).await;
     let survived = surviving_canaries(&pod);
-    assert!(survived.is_empty(), "residue of clone A after reset: {survived:?}");
+    assert!(
+        survived.is_empty(),
+        "residue of clone A after reset: {survived:?}"
+    );
 
     let b = agent.pool.claim(&claim_req("clone-b")).await.unwrap();
     assert_eq!(b.pod_id, pod, "clone B got the same pod");
     assert_ne!(b.credentials.admin_password, a.credentials.admin_password);
-    assert_ne!(config_value(&pod, "DB_PASSWORD"), db_password_a, "fresh DB password");
+    assert_ne!(
+        config_value(&pod, "DB_PASSWORD"),
+        db_password_a,
+        "fresh DB password"
+    );
     assert_ne!(config_value(&pod, "AUTH_KEY"), auth_key_a, "fresh salts");
     assert_ne!(
-        sql(&pod, "SELECT user_pass FROM wordpress.wp_users WHERE user_login = 'admin'"),
+        sql(
+            &pod,
+            "SELECT user_pass FROM wordpress.wp_users WHERE user_login = 'admin'"
+        ),
         pass_hash_a
     );
     // Clone B's site works under its own URL.
@@ -252,14 +322,24 @@ async fn a_killed_container_is_noticed_within_seconds() {
     let _cleanup = PodCleanup::new(&node);
     let dir = tempfile::tempdir().unwrap();
     let agent = start_agent(dir.path(), &node, &["--reconcile-interval-secs", "60"]).await;
-    wait_for("2 WARM pods", FILL, || agent.pool.capacity().unwrap().warm == 2).await;
+    wait_for("2 WARM pods", FILL, || {
+        agent.pool.capacity().unwrap().warm == 2
+    })
+    .await;
 
     // A WARM pod: removed and replaced.
     let warm = agent.pool.pods().unwrap()[0].pod_id.clone();
     let killed = Instant::now();
-    docker(&["kill", &clonepool_agent::runtime::docker::container_name(&warm, ContainerRole::Web)]);
+    docker(&[
+        "kill",
+        &clonepool_agent::runtime::docker::container_name(&warm, ContainerRole::Web),
+    ]);
     wait_for("the dead WARM pod noticed", Duration::from_secs(5), || {
-        agent.pool.pod(&warm).map(|p| p.state != PodState::Warm).unwrap_or(true)
+        agent
+            .pool
+            .pod(&warm)
+            .map(|p| p.state != PodState::Warm)
+            .unwrap_or(true)
     })
     .await;
     eprintln!("dead WARM pod noticed after {:?}", killed.elapsed());
@@ -272,10 +352,20 @@ async fn a_killed_container_is_noticed_within_seconds() {
     let resp = agent.pool.claim(&claim_req("serving")).await.unwrap();
     agent.pool.mark_ready(&clone("serving")).await.unwrap();
     let killed = Instant::now();
-    docker(&["kill", &clonepool_agent::runtime::docker::container_name(&resp.pod_id, ContainerRole::Db)]);
-    wait_for("the serving pod reported lost", Duration::from_secs(5), || {
-        agent.pool.pod(&resp.pod_id).is_ok_and(|p| p.state == PodState::Quarantined)
-    })
+    docker(&[
+        "kill",
+        &clonepool_agent::runtime::docker::container_name(&resp.pod_id, ContainerRole::Db),
+    ]);
+    wait_for(
+        "the serving pod reported lost",
+        Duration::from_secs(5),
+        || {
+            agent
+                .pool
+                .pod(&resp.pod_id)
+                .is_ok_and(|p| p.state == PodState::Quarantined)
+        },
+    )
     .await;
     eprintln!("dead serving pod noticed after {:?}", killed.elapsed());
     let pod = agent.pool.pod(&resp.pod_id).unwrap();

@@ -65,7 +65,10 @@ fn spawn_agent(data_dir: &Path, node: &str, api_port: u16, admin_port: u16) -> A
         child,
         api: format!("http://127.0.0.1:{api_port}"),
         admin: format!("http://127.0.0.1:{admin_port}"),
-        token: std::fs::read_to_string(token_file).unwrap().trim().to_string(),
+        token: std::fs::read_to_string(token_file)
+            .unwrap()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -90,7 +93,12 @@ impl Agent {
             .unwrap()
     }
 
-    async fn wait_capacity(&self, what: &str, timeout: Duration, f: impl Fn(&Capacity) -> bool) -> Capacity {
+    async fn wait_capacity(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&Capacity) -> bool,
+    ) -> Capacity {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(c) = self.get::<Capacity>("/v1/capacity").await {
@@ -121,7 +129,10 @@ async fn kill_9_and_restart_adopt_every_pod_with_no_duplicate_and_no_lost_clone(
         .wait_capacity("2 WARM", Duration::from_secs(90), |c| c.warm == 2)
         .await;
     let keep: ClaimResponse = agent
-        .post("/v1/claim", serde_json::json!({"clone_id": "keep", "clone_host": "keep.localhost:8080"}))
+        .post(
+            "/v1/claim",
+            serde_json::json!({"clone_id": "keep", "clone_host": "keep.localhost:8080"}),
+        )
         .await
         .json()
         .await
@@ -130,15 +141,26 @@ async fn kill_9_and_restart_adopt_every_pod_with_no_duplicate_and_no_lost_clone(
         .post("/v1/ready", serde_json::json!({"clone_id": "keep"}))
         .await;
     let dirty: ClaimResponse = agent
-        .post("/v1/claim", serde_json::json!({"clone_id": "dirty", "clone_host": "dirty.localhost"}))
+        .post(
+            "/v1/claim",
+            serde_json::json!({"clone_id": "dirty", "clone_host": "dirty.localhost"}),
+        )
         .await
         .json()
         .await
         .unwrap();
-    let (code, out) = sh(&dirty.pod_id, ContainerRole::Web, "echo clone-data > /tmp/canary && echo x > /var/lib/wordpress/wp-content/uploads/canary");
+    let (code, out) = sh(
+        &dirty.pod_id,
+        ContainerRole::Web,
+        "echo clone-data > /tmp/canary && echo x > /var/lib/wordpress/wp-content/uploads/canary",
+    );
     assert_eq!(code, 0, "{out}");
     agent
-        .wait_capacity("2 WARM on top of 2 assigned", Duration::from_secs(90), |c| c.warm == 2 && c.starting == 0)
+        .wait_capacity(
+            "2 WARM on top of 2 assigned",
+            Duration::from_secs(90),
+            |c| c.warm == 2 && c.starting == 0,
+        )
         .await;
     // Release and kill -9 while the reset runs.
     let released = agent
@@ -160,7 +182,10 @@ async fn kill_9_and_restart_adopt_every_pod_with_no_duplicate_and_no_lost_clone(
     assert_eq!(cap.assigned + cap.ready, 1, "{cap:?}");
     // The clone still has its pod and its credentials.
     let again: ClaimResponse = agent
-        .post("/v1/claim", serde_json::json!({"clone_id": "keep", "clone_host": "keep.localhost:8080"}))
+        .post(
+            "/v1/claim",
+            serde_json::json!({"clone_id": "keep", "clone_host": "keep.localhost:8080"}),
+        )
         .await
         .json()
         .await
@@ -184,7 +209,9 @@ async fn kill_9_and_restart_adopt_every_pod_with_no_duplicate_and_no_lost_clone(
     let new: Vec<&String> = ids.iter().filter(|id| !before.contains(id)).collect();
     assert!(new.len() <= 1, "pods created after the restart: {new:?}");
     let settled = agent
-        .wait_capacity("WARM back to target", Duration::from_secs(60), |c| c.warm == 2)
+        .wait_capacity("WARM back to target", Duration::from_secs(60), |c| {
+            c.warm == 2
+        })
         .await;
     assert_eq!(
         settled.warm + settled.assigned + settled.ready,
@@ -195,8 +222,15 @@ async fn kill_9_and_restart_adopt_every_pod_with_no_duplicate_and_no_lost_clone(
     let dirty_pod: Option<PodSummary> = agent.get(&format!("/v1/pods/{}", dirty.pod_id)).await;
     if let Some(p) = dirty_pod {
         assert_eq!(p.state, PodState::Warm);
-        let (_, out) = sh(&dirty.pod_id, ContainerRole::Web, "ls /tmp /var/lib/wordpress/wp-content/uploads");
-        assert!(!out.contains("canary"), "residue after the interrupted reset: {out}");
+        let (_, out) = sh(
+            &dirty.pod_id,
+            ContainerRole::Web,
+            "ls /tmp /var/lib/wordpress/wp-content/uploads",
+        );
+        assert!(
+            !out.contains("canary"),
+            "residue after the interrupted reset: {out}"
+        );
     }
     let events = Command::new(env!("CARGO_BIN_EXE_clonepoolctl"))
         .args(["events", "--limit", "100"])
@@ -208,8 +242,13 @@ async fn kill_9_and_restart_adopt_every_pod_with_no_duplicate_and_no_lost_clone(
         .lines()
         .filter(|l| l.contains(dirty.pod_id.as_str()))
         .collect();
-    eprintln!("events of the pod killed mid-reset:\n{}", dirty_events.join("\n"));
-    let ready = reqwest::get(format!("{}/readyz", agent.admin)).await.unwrap();
+    eprintln!(
+        "events of the pod killed mid-reset:\n{}",
+        dirty_events.join("\n")
+    );
+    let ready = reqwest::get(format!("{}/readyz", agent.admin))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
 }
 
@@ -225,7 +264,10 @@ async fn sigterm_stops_claims_and_leaves_serving_pods_running() {
         .wait_capacity("2 WARM", Duration::from_secs(90), |c| c.warm == 2)
         .await;
     let serving: ClaimResponse = agent
-        .post("/v1/claim", serde_json::json!({"clone_id": "serving", "clone_host": "serving.localhost"}))
+        .post(
+            "/v1/claim",
+            serde_json::json!({"clone_id": "serving", "clone_host": "serving.localhost"}),
+        )
         .await
         .json()
         .await
@@ -238,7 +280,10 @@ async fn sigterm_stops_claims_and_leaves_serving_pods_running() {
         if let Some(s) = agent.child.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < deadline, "agent did not stop after SIGTERM");
+        assert!(
+            Instant::now() < deadline,
+            "agent did not stop after SIGTERM"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(status.success(), "graceful exit: {status:?}");

@@ -7,8 +7,8 @@ use agent_support::*;
 use clonepool_agent::app;
 use clonepool_agent::pool::PoolError;
 use clonepool_agent::runtime::fake::{CallKind, RecordedCall};
-use clonepool_agent::runtime::{ContainerRuntime, FakeRuntime, PodSpec};
 use clonepool_agent::runtime::ContainerLimits;
+use clonepool_agent::runtime::{ContainerRuntime, FakeRuntime, PodSpec};
 use clonepool_common::agent_api::{ClaimPath, ClaimRequest};
 use clonepool_common::ids::{CloneId, PodId};
 use clonepool_common::pod::{ContainerRole, PodState};
@@ -47,9 +47,15 @@ async fn the_pool_fills_to_its_warm_target_and_no_further() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let cap = agent.pool.capacity().unwrap();
     assert_eq!((cap.warm, cap.starting), (2, 0), "{cap:?}");
-    assert_eq!(fake.pod_ids().len(), 2, "exactly two pods exist in the runtime");
+    assert_eq!(
+        fake.pod_ids().len(),
+        2,
+        "exactly two pods exist in the runtime"
+    );
     for id in fake.pod_ids() {
-        assert!(fake.is_running(&id, ContainerRole::Db) && fake.is_running(&id, ContainerRole::Web));
+        assert!(
+            fake.is_running(&id, ContainerRole::Db) && fake.is_running(&id, ContainerRole::Web)
+        );
     }
     agent.shutdown(Duration::from_secs(5)).await;
 }
@@ -62,30 +68,51 @@ async fn a_claim_is_idempotent_per_clone_and_keeps_the_pool_at_target() {
 
     let first = agent.pool.claim(&claim_req("shop")).await.unwrap();
     let again = agent.pool.claim(&claim_req("shop")).await.unwrap();
-    assert_eq!(first, again, "a repeated claim answers the same pod and credentials");
+    assert_eq!(
+        first, again,
+        "a repeated claim answers the same pod and credentials"
+    );
     assert_eq!(first.path, ClaimPath::Warm);
     assert_eq!(first.credentials.admin_username, "admin");
     assert!(first.credentials.admin_password.len() >= 20);
-    assert!(first.endpoint.starts_with("http://10.88.0."), "{}", first.endpoint);
+    assert!(
+        first.endpoint.starts_with("http://10.88.0."),
+        "{}",
+        first.endpoint
+    );
     assert_eq!(state_of(&agent, &first.pod_id), Some(PodState::Assigned));
 
     // The fresh password and the clone's URL went into the pod, on stdin only.
     let execs = fake.calls_of(CallKind::Exec);
     let claim_sql = execs.iter().find_map(|c| match c {
-        RecordedCall::Exec { pod, cmd, stdin: Some(s), .. }
-            if pod == &first.pod_id && String::from_utf8_lossy(&s.0).contains("SELECT ROW_COUNT()") =>
+        RecordedCall::Exec {
+            pod,
+            cmd,
+            stdin: Some(s),
+            ..
+        } if pod == &first.pod_id
+            && String::from_utf8_lossy(&s.0).contains("SELECT ROW_COUNT()") =>
         {
             Some((cmd.clone(), String::from_utf8_lossy(&s.0).into_owned()))
         }
         _ => None,
     });
     let (cmd, sql) = claim_sql.expect("the claim's settings went into the pod");
-    assert!(!cmd.join(" ").contains(&first.credentials.admin_password), "no secret in argv");
-    assert!(sql.contains(&format!("MD5('{}')", first.credentials.admin_password)), "{sql}");
+    assert!(
+        !cmd.join(" ").contains(&first.credentials.admin_password),
+        "no secret in argv"
+    );
+    assert!(
+        sql.contains(&format!("MD5('{}')", first.credentials.admin_password)),
+        "{sql}"
+    );
     assert!(sql.contains("'http://shop.localhost:8080'"), "{sql}");
 
     // The pool creates a new WARM pod on top of the assigned one.
-    wait_for("2 WARM pods on top of the assigned one", WAIT, || warm_count(&agent) == 2).await;
+    wait_for("2 WARM pods on top of the assigned one", WAIT, || {
+        warm_count(&agent) == 2
+    })
+    .await;
     assert_eq!(fake.pod_ids().len(), 3);
     agent.shutdown(Duration::from_secs(5)).await;
 }
@@ -93,18 +120,29 @@ async fn a_claim_is_idempotent_per_clone_and_keeps_the_pool_at_target() {
 #[tokio::test]
 async fn claim_never_returns_the_same_pod_twice_under_concurrency() {
     let (dir, fake, _world) = setup();
-    let agent = start_agent(&fake, dir.path(), &["--warm-target", "4", "--max-pods", "4"]).await;
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "4", "--max-pods", "4"],
+    )
+    .await;
     wait_for("4 WARM pods", WAIT, || warm_count(&agent) == 4).await;
     let mut handles = Vec::new();
     for i in 0..8 {
         let pool = agent.pool.clone();
-        handles.push(tokio::spawn(async move { pool.claim(&claim_req(&format!("c{i}"))).await }));
+        handles.push(tokio::spawn(async move {
+            pool.claim(&claim_req(&format!("c{i}"))).await
+        }));
     }
     let mut pods = HashSet::new();
     let mut refused = 0;
     for h in handles {
         match h.await.unwrap() {
-            Ok(resp) => assert!(pods.insert(resp.pod_id.clone()), "pod {} handed out twice", resp.pod_id),
+            Ok(resp) => assert!(
+                pods.insert(resp.pod_id.clone()),
+                "pod {} handed out twice",
+                resp.pod_id
+            ),
             Err(PoolError::NoWarmPod(_)) => refused += 1,
             Err(e) => panic!("unexpected claim error: {e}"),
         }
@@ -120,7 +158,11 @@ async fn a_released_pod_is_reset_with_fresh_secrets_and_returns_to_warm() {
     let agent = start_agent(&fake, dir.path(), &[]).await;
     wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
     let claimed = agent.pool.claim(&claim_req("blog")).await.unwrap();
-    agent.pool.mark_ready(&"blog".parse().unwrap()).await.unwrap();
+    agent
+        .pool
+        .mark_ready(&"blog".parse().unwrap())
+        .await
+        .unwrap();
     assert_eq!(state_of(&agent, &claimed.pod_id), Some(PodState::Ready));
     world.plant(&claimed.pod_id, "f 644 33:33 /tmp/canary");
 
@@ -146,7 +188,10 @@ async fn a_released_pod_is_reset_with_fresh_secrets_and_returns_to_warm() {
     let agent2_claim = agent.pool.claim(&claim_req("blog2")).await.unwrap();
     agent.pool.release(&"blog2".parse().unwrap()).await.unwrap();
     wait_for("second reset done", WAIT, || {
-        agent.pool.pod(&agent2_claim.pod_id).is_ok_and(|p| p.state == PodState::Warm)
+        agent
+            .pool
+            .pod(&agent2_claim.pod_id)
+            .is_ok_and(|p| p.state == PodState::Warm)
             || agent.pool.pod(&agent2_claim.pod_id).is_err()
     })
     .await;
@@ -154,8 +199,15 @@ async fn a_released_pod_is_reset_with_fresh_secrets_and_returns_to_warm() {
         .calls_of(CallKind::Exec)
         .iter()
         .filter_map(|c| match c {
-            RecordedCall::Exec { role: ContainerRole::Web, cmd, stdin: Some(s), .. } if cmd.join(" ").contains("exec clonepool-wp-config") => {
-                String::from_utf8_lossy(&s.0).lines().find_map(|l| l.strip_prefix("db_password=").map(str::to_string))
+            RecordedCall::Exec {
+                role: ContainerRole::Web,
+                cmd,
+                stdin: Some(s),
+                ..
+            } if cmd.join(" ").contains("exec clonepool-wp-config") => {
+                String::from_utf8_lossy(&s.0)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("db_password=").map(str::to_string))
             }
             _ => None,
         })
@@ -175,14 +227,24 @@ async fn a_reset_that_fails_verification_quarantines_destroys_and_replaces_the_p
     world.resets_leave_residue.store(true, Ordering::SeqCst);
     agent.pool.release(&"dirty".parse().unwrap()).await.unwrap();
 
-    wait_for("the dirty pod destroyed", WAIT, || !fake.pod_ids().contains(&claimed.pod_id)).await;
-    assert!(agent.pool.pod(&claimed.pod_id).is_err(), "the dirty pod is forgotten");
+    wait_for("the dirty pod destroyed", WAIT, || {
+        !fake.pod_ids().contains(&claimed.pod_id)
+    })
+    .await;
+    assert!(
+        agent.pool.pod(&claimed.pod_id).is_err(),
+        "the dirty pod is forgotten"
+    );
     let events = agent.pool.events(100).unwrap();
     let quarantine = events
         .iter()
         .find(|e| e.kind == "quarantined" && e.pod_id.as_deref() == Some(claimed.pod_id.as_str()))
         .expect("a quarantine event");
-    assert!(quarantine.message.contains("canary-from-clone-a"), "{}", quarantine.message);
+    assert!(
+        quarantine.message.contains("canary-from-clone-a"),
+        "{}",
+        quarantine.message
+    );
     wait_for("pool back to 2 WARM", WAIT, || warm_count(&agent) == 2).await;
     agent.shutdown(Duration::from_secs(5)).await;
 }
@@ -194,7 +256,10 @@ async fn a_warm_pod_whose_container_dies_is_replaced() {
     wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
     let victim = agent.pool.pods().unwrap()[0].pod_id.clone();
     assert!(fake.kill_container(&victim, ContainerRole::Web, 137));
-    wait_for("the dead pod removed", WAIT, || !fake.pod_ids().contains(&victim)).await;
+    wait_for("the dead pod removed", WAIT, || {
+        !fake.pod_ids().contains(&victim)
+    })
+    .await;
     wait_for("a replacement WARM", WAIT, || warm_count(&agent) == 2).await;
     assert!(agent.pool.pod(&victim).is_err());
     agent.shutdown(Duration::from_secs(5)).await;
@@ -206,17 +271,33 @@ async fn a_serving_pod_whose_container_dies_is_reported_lost_not_dropped() {
     let agent = start_agent(&fake, dir.path(), &[]).await;
     wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
     let claimed = agent.pool.claim(&claim_req("live")).await.unwrap();
-    agent.pool.mark_ready(&"live".parse().unwrap()).await.unwrap();
+    agent
+        .pool
+        .mark_ready(&"live".parse().unwrap())
+        .await
+        .unwrap();
     assert!(fake.kill_container(&claimed.pod_id, ContainerRole::Db, 137));
     wait_for("the pod QUARANTINED", WAIT, || {
         state_of(&agent, &claimed.pod_id) == Some(PodState::Quarantined)
     })
     .await;
     let pod = agent.pool.pod(&claimed.pod_id).unwrap();
-    assert_eq!(pod.clone_id.as_ref().map(|c| c.as_str()), Some("live"), "still shows its clone");
+    assert_eq!(
+        pod.clone_id.as_ref().map(|c| c.as_str()),
+        Some("live"),
+        "still shows its clone"
+    );
     let reason = pod.reason.unwrap();
-    assert!(reason.starts_with("lost: ") && reason.contains("db container"), "{reason}");
-    assert!(agent.pool.events(50).unwrap().iter().any(|e| e.kind == "lost"));
+    assert!(
+        reason.starts_with("lost: ") && reason.contains("db container"),
+        "{reason}"
+    );
+    assert!(agent
+        .pool
+        .events(50)
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == "lost"));
     // A repeated claim says so instead of handing out a dead pod.
     match agent.pool.claim(&claim_req("live")).await {
         Err(PoolError::Conflict(m)) => assert!(m.contains("lost"), "{m}"),
@@ -224,7 +305,10 @@ async fn a_serving_pod_whose_container_dies_is_reported_lost_not_dropped() {
     }
     // Releasing the lost clone removes the pod.
     agent.pool.release(&"live".parse().unwrap()).await.unwrap();
-    wait_for("lost pod removed after release", WAIT, || !fake.pod_ids().contains(&claimed.pod_id)).await;
+    wait_for("lost pod removed after release", WAIT, || {
+        !fake.pod_ids().contains(&claimed.pod_id)
+    })
+    .await;
     agent.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -241,11 +325,17 @@ async fn a_restart_adopts_every_pod_without_duplicates_and_keeps_claims() {
     let agent = start_agent(&fake, dir.path(), &[]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let after: HashSet<PodId> = fake.pod_ids().into_iter().collect();
-    assert_eq!(before, after, "same pods in the runtime, none added or removed");
+    assert_eq!(
+        before, after,
+        "same pods in the runtime, none added or removed"
+    );
     let cap = agent.pool.capacity().unwrap();
     assert_eq!((cap.warm, cap.assigned), (2, 1), "{cap:?}");
     let again = agent.pool.claim(&claim_req("keep")).await.unwrap();
-    assert_eq!(again, claimed, "the clone keeps its pod and credentials across the restart");
+    assert_eq!(
+        again, claimed,
+        "the clone keeps its pod and credentials across the restart"
+    );
     agent.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -258,8 +348,14 @@ async fn a_pod_unknown_to_the_state_file_is_removed_as_an_orphan() {
         node: NODE.parse().unwrap(),
         image: "clonepool/wordpress:test".into(),
         network: "clonepool".into(),
-        db_limits: ContainerLimits { cpu_millis: 100, memory_bytes: 1 << 28 },
-        web_limits: ContainerLimits { cpu_millis: 100, memory_bytes: 1 << 28 },
+        db_limits: ContainerLimits {
+            cpu_millis: 100,
+            memory_bytes: 1 << 28,
+        },
+        web_limits: ContainerLimits {
+            cpu_millis: 100,
+            memory_bytes: 1 << 28,
+        },
         labels: BTreeMap::new(),
     };
     fake.create_pod(&spec).await.unwrap();
@@ -267,14 +363,24 @@ async fn a_pod_unknown_to_the_state_file_is_removed_as_an_orphan() {
     let agent = start_agent(&fake, dir.path(), &[]).await;
     wait_for("orphan removed", WAIT, || !fake.pod_ids().contains(&orphan)).await;
     wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
-    assert!(agent.pool.events(50).unwrap().iter().any(|e| e.kind == "orphan"));
+    assert!(agent
+        .pool
+        .events(50)
+        .unwrap()
+        .iter()
+        .any(|e| e.kind == "orphan"));
     agent.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
 async fn a_pod_left_mid_reset_is_reset_again_on_restart_never_handed_out_dirty() {
     let (dir, fake, world) = setup();
-    let agent = start_agent(&fake, dir.path(), &["--warm-target", "1", "--max-pods", "2"]).await;
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "1", "--max-pods", "2"],
+    )
+    .await;
     wait_for("1 WARM pod", WAIT, || warm_count(&agent) == 1).await;
     let claimed = agent.pool.claim(&claim_req("midreset")).await.unwrap();
     wait_for("replacement WARM", WAIT, || warm_count(&agent) == 1).await;
@@ -282,25 +388,42 @@ async fn a_pod_left_mid_reset_is_reset_again_on_restart_never_handed_out_dirty()
     // Resets fail (as if the agent died in the middle): the pod stays RESETTING on disk.
     world.resets_fail.store(true, Ordering::SeqCst);
     fake.set_reachable(false);
-    agent.pool.release(&"midreset".parse().unwrap()).await.unwrap();
+    agent
+        .pool
+        .release(&"midreset".parse().unwrap())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     agent.shutdown(Duration::from_secs(5)).await;
     fake.set_reachable(true);
     world.resets_fail.store(false, Ordering::SeqCst);
 
-    let agent = start_agent(&fake, dir.path(), &["--warm-target", "1", "--max-pods", "2"]).await;
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "1", "--max-pods", "2"],
+    )
+    .await;
     wait_for("the pod reset again and WARM", WAIT, || {
         state_of(&agent, &claimed.pod_id) == Some(PodState::Warm)
     })
     .await;
-    assert!(world.residue.lock().unwrap().get(&claimed.pod_id).is_none(), "the residue was cleaned");
+    assert!(
+        world.residue.lock().unwrap().get(&claimed.pod_id).is_none(),
+        "the residue was cleaned"
+    );
     agent.shutdown(Duration::from_secs(5)).await;
 }
 
 #[tokio::test]
 async fn without_a_warm_pod_a_claim_fails_with_no_warm_pod_or_goes_cold_within_max_pods() {
     let (dir, fake, _world) = setup();
-    let agent = start_agent(&fake, dir.path(), &["--warm-target", "0", "--max-pods", "1"]).await;
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "0", "--max-pods", "1"],
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     match agent.pool.claim(&claim_req("nowarm")).await {
         Err(PoolError::NoWarmPod(_)) => {}
@@ -310,7 +433,11 @@ async fn without_a_warm_pod_a_claim_fails_with_no_warm_pod_or_goes_cold_within_m
     cold.allow_cold = true;
     let resp = agent.pool.claim(&cold).await.unwrap();
     assert_eq!(resp.path, ClaimPath::Cold);
-    assert_eq!(agent.pool.claim(&cold).await.unwrap(), resp, "a cold claim is idempotent too");
+    assert_eq!(
+        agent.pool.claim(&cold).await.unwrap(),
+        resp,
+        "a cold claim is idempotent too"
+    );
     let mut another = claim_req("cold2");
     another.allow_cold = true;
     match agent.pool.claim(&another).await {
@@ -366,12 +493,97 @@ async fn shutdown_waits_for_a_reset_in_flight_and_leaves_serving_pods_running() 
     wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
     let serving = agent.pool.claim(&claim_req("serving")).await.unwrap();
     let released = agent.pool.claim(&claim_req("released")).await.unwrap();
-    agent.pool.release(&"released".parse().unwrap()).await.unwrap();
+    agent
+        .pool
+        .release(&"released".parse().unwrap())
+        .await
+        .unwrap();
     let pool = agent.pool.clone();
     agent.shutdown(Duration::from_secs(10)).await;
-    assert_eq!(pool.pod(&released.pod_id).unwrap().state, PodState::Warm, "the reset finished");
+    assert_eq!(
+        pool.pod(&released.pod_id).unwrap().state,
+        PodState::Warm,
+        "the reset finished"
+    );
     assert_eq!(pool.pod(&serving.pod_id).unwrap().state, PodState::Assigned);
     assert!(fake.is_running(&serving.pod_id, ContainerRole::Web));
     let clone: CloneId = "new".parse().unwrap();
-    assert!(pool.claim(&claim_req(clone.as_str())).await.is_err(), "no claims after shutdown");
+    assert!(
+        pool.claim(&claim_req(clone.as_str())).await.is_err(),
+        "no claims after shutdown"
+    );
+}
+
+#[tokio::test]
+async fn a_pod_that_refuses_the_claim_settings_is_quarantined_and_another_pod_is_claimed() {
+    let (dir, fake, world) = setup();
+    let agent = start_agent(&fake, dir.path(), &[]).await;
+    wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+    world.claims_fail.store(true, Ordering::SeqCst);
+    let before: HashSet<PodId> = agent
+        .pool
+        .pods()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pod_id)
+        .collect();
+    let resp = agent.pool.claim(&claim_req("retry")).await.unwrap();
+    assert!(before.contains(&resp.pod_id));
+    assert_eq!(state_of(&agent, &resp.pod_id), Some(PodState::Assigned));
+    let quarantined = agent
+        .pool
+        .events(50)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "quarantined")
+        .expect("the refusing pod was quarantined");
+    assert_ne!(quarantined.pod_id.as_deref(), Some(resp.pod_id.as_str()));
+    assert!(
+        quarantined.message.contains("claim failed"),
+        "{}",
+        quarantined.message
+    );
+    wait_for("back to 2 WARM", WAIT, || warm_count(&agent) == 2).await;
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_adopted_warm_pod_that_no_longer_answers_is_replaced() {
+    let (dir, fake, world) = setup();
+    let agent = start_agent(&fake, dir.path(), &[]).await;
+    wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+    agent.shutdown(Duration::from_secs(5)).await;
+    let broken = fake.pod_ids()[0].clone();
+    world.db_down.lock().unwrap().insert(broken.clone());
+
+    let agent = start_agent(&fake, dir.path(), &[]).await;
+    assert!(agent
+        .pool
+        .pod(&broken)
+        .map(|p| p.state != PodState::Warm)
+        .unwrap_or(true));
+    wait_for("the broken pod removed", WAIT, || {
+        !fake.pod_ids().contains(&broken)
+    })
+    .await;
+    wait_for("2 WARM again", WAIT, || warm_count(&agent) == 2).await;
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_unreachable_runtime_at_start_fills_the_pool_once_it_answers() {
+    let (dir, fake, _world) = setup();
+    fake.set_reachable(false);
+    let agent = start_agent(&fake, dir.path(), &[]).await;
+    assert!(!agent.pool.ready().await, "not ready without the runtime");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        agent.pool.capacity().unwrap().starting,
+        0,
+        "nothing started blind"
+    );
+    fake.set_reachable(true);
+    assert!(agent.pool.ready().await);
+    wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+    agent.shutdown(Duration::from_secs(5)).await;
 }

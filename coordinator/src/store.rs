@@ -291,6 +291,10 @@ pub struct Store {
 struct Inner {
     writer: Mutex<Connection>,
     readers: Vec<Mutex<Connection>>,
+    /// Blocking tasks are admitted only when a connection is free, so a burst of requests
+    /// queues here (cheaply, in async) instead of as blocked threads on a mutex.
+    write_slot: tokio::sync::Semaphore,
+    read_slots: tokio::sync::Semaphore,
     next_reader: AtomicUsize,
     path: PathBuf,
     /// Length of a TTL minute in milliseconds (60 000; tests compress time).
@@ -341,6 +345,8 @@ impl Store {
         Ok(Store {
             inner: Arc::new(Inner {
                 writer: Mutex::new(writer),
+                write_slot: tokio::sync::Semaphore::new(1),
+                read_slots: tokio::sync::Semaphore::new(readers.len()),
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path: path.to_path_buf(),
@@ -368,6 +374,12 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let _slot = self
+            .inner
+            .write_slot
+            .acquire()
+            .await
+            .map_err(|err| StoreError::Join(err.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
             f(&mut conn)
@@ -382,6 +394,12 @@ impl Store {
         F: FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let _slot = self
+            .inner
+            .read_slots
+            .acquire()
+            .await
+            .map_err(|err| StoreError::Join(err.to_string()))?;
         tokio::task::spawn_blocking(move || {
             let start = inner.next_reader.fetch_add(1, Ordering::Relaxed);
             for i in 0..inner.readers.len() {

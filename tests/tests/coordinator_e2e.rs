@@ -452,7 +452,7 @@ fn spawn_coordinator(env: &[(&str, String)], log: &std::path::Path) -> ChildCoor
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.starts_with("CHILD-READY") {
+            if line.contains("CHILD-READY") {
                 let _ = tx.send(());
             }
         }
@@ -533,6 +533,8 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
     );
 
     let _second = spawn_coordinator(&env, &log);
+    // A new client: the old one's pooled connections died with the first process.
+    let client = ApiClient::new(&format!("https://localhost:{}", api.port()), &token, Some(&ca)).unwrap();
     let mut statuses = Vec::new();
     for id in &job_ids {
         let status = client
@@ -541,6 +543,17 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
             .unwrap();
         assert!(finished_clearly(&status), "{status:?}");
         statuses.push(status);
+    }
+    println!("states at the kill: {before:?}");
+    for s in &statuses {
+        println!(
+            "after restart: {} {} attempts={} path={:?} error={:?}",
+            s.job_id,
+            s.status,
+            s.attempts,
+            s.result.as_ref().map(|JobResult::Clone(r)| r.path),
+            s.error
+        );
     }
     let completed: Vec<&JobStatus> = statuses
         .iter()

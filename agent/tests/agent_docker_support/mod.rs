@@ -87,7 +87,13 @@ pub fn containers_of_node(node: &str) -> Vec<String> {
 /// The pod ids `node` has in Docker, one entry per container.
 pub fn pod_labels_of_node(node: &str) -> Vec<String> {
     let out = Command::new("docker")
-        .args(["ps", "-a", "--format", "{{.Label \"clonepool.pod\"}}", "--filter"])
+        .args([
+            "ps",
+            "-a",
+            "--format",
+            "{{.Label \"clonepool.pod\"}}",
+            "--filter",
+        ])
         .arg(format!("label=clonepool.node={node}"))
         .output()
         .expect("docker ps");
@@ -107,8 +113,7 @@ pub fn sh(pod: &PodId, role: ContainerRole, script: &str) -> (i32, String) {
         .expect("docker exec");
     (
         out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned()
-            + &String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
     )
 }
 

@@ -4,12 +4,12 @@
 #![allow(dead_code)]
 
 use async_trait::async_trait;
+use clap::Parser;
 use clonepool_agent::app::{self, RunningAgent};
 use clonepool_agent::config::{AgentConfig, RawConfig};
 use clonepool_agent::provision::SiteProbe;
 use clonepool_agent::runtime::{ExecOutput, ExecRequest, FakeRuntime};
 use clonepool_common::ids::PodId;
-use clap::Parser;
 use clonepool_common::pod::ContainerRole;
 use std::collections::HashMap;
 use std::path::Path;
@@ -26,6 +26,10 @@ pub struct PodWorld {
     pub resets_leave_residue: AtomicBool,
     /// When set, every reset command fails.
     pub resets_fail: AtomicBool,
+    /// Pods whose MariaDB does not answer queries.
+    pub db_down: Mutex<std::collections::HashSet<PodId>>,
+    /// When set, the next claim's settings fail to apply.
+    pub claims_fail: AtomicBool,
 }
 
 impl PodWorld {
@@ -74,6 +78,20 @@ pub fn emulate_image(fake: &FakeRuntime, world: Arc<PodWorld>) {
                 world.residue.lock().unwrap().remove(pod);
             }
             return Some(Ok(ok("")));
+        }
+        if req.cmd.iter().any(|a| a == "SELECT 1") && world.db_down.lock().unwrap().contains(pod) {
+            return Some(Ok(ExecOutput {
+                exit_code: 1,
+                stdout: Vec::new(),
+                stderr: b"ERROR 2002 (HY000): Can't connect to local server (emulated)".to_vec(),
+            }));
+        }
+        if stdin.contains("SELECT ROW_COUNT()") && world.claims_fail.swap(false, Ordering::SeqCst) {
+            return Some(Ok(ExecOutput {
+                exit_code: 1,
+                stdout: Vec::new(),
+                stderr: b"ERROR 1146 (42S02): Table 'wordpress.wp_options' doesn't exist (emulated)".to_vec(),
+            }));
         }
         if stdin.contains("SELECT ROW_COUNT()") {
             // The claim's SQL: one admin user updated.
