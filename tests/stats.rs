@@ -116,7 +116,11 @@ mod tests {
         file.merge(Figure::from_samples("a", "ms", &[1.0], None));
         file.merge(Figure::from_samples("b", "ms", &[2.0], None));
         file.merge(Figure::from_samples("a", "ms", &[3.0], None));
-        let names: Vec<_> = file.figures.iter().map(|f| (f.name.as_str(), f.median)).collect();
+        let names: Vec<_> = file
+            .figures
+            .iter()
+            .map(|f| (f.name.as_str(), f.median))
+            .collect();
         assert_eq!(names, [("a", 3.0), ("b", 2.0)]);
     }
 }

@@ -101,7 +101,7 @@ impl RewriteOptions {
 }
 
 /// What one rewrite did. Counters add up over a whole dump.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Stats {
     /// SQL statements seen (terminated by `;`, plus a last unterminated one).
     pub statements: u64,

@@ -8,8 +8,8 @@ use clonepool_agent::pod_commands::PodCommands;
 use clonepool_agent::provision::{endpoint_for, new_pod_id, pristine_site_url};
 use clonepool_agent::runtime::{ContainerLimits, ContainerRuntime, DockerRuntime, PodSpec};
 use clonepool_agent::secrets::{Secret, PASSWORD_LEN};
-use clonepool_e2e::stats::{Figure, ResultsFile};
 use clonepool_common::ids::NodeName;
+use clonepool_e2e::stats::{Figure, ResultsFile};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,11 @@ use std::time::{Duration, Instant};
 #[command(about = "clonepool measurements (run through scripts/bench)")]
 struct Cli {
     /// Where figures are merged (figures of the same name are replaced).
-    #[arg(long, env = "CLONEPOOL_BENCH_RESULTS", default_value = "bench/results.json")]
+    #[arg(
+        long,
+        env = "CLONEPOOL_BENCH_RESULTS",
+        default_value = "bench/results.json"
+    )]
     results: PathBuf,
     #[command(subcommand)]
     section: Section,
@@ -55,7 +59,12 @@ async fn main() -> Result<()> {
             unit,
             samples,
             budget,
-        } => vec![Figure::from_samples(&name, &unit, &samples, budget.as_deref())],
+        } => vec![Figure::from_samples(
+            &name,
+            &unit,
+            &samples,
+            budget.as_deref(),
+        )],
     };
     let mut results = ResultsFile::load(&cli.results)?;
     for figure in figures {

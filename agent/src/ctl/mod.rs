@@ -5,6 +5,7 @@
 
 pub mod node;
 pub mod protocol;
+pub mod rewrite;
 pub mod table;
 
 use clap::{Parser, Subcommand};
@@ -39,6 +40,8 @@ pub struct Cli {
 pub enum Command {
     #[command(flatten)]
     Node(node::NodeCommand),
+    /// Rewrite a site's URLs in an SQL dump (stdin → stdout), keeping PHP serialized data valid.
+    SqlRewrite(rewrite::SqlRewriteArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,11 +52,14 @@ pub enum CtlError {
     Shape(#[from] serde_json::Error),
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Rewrite(#[from] clonepool_common::rewrite::RewriteError),
 }
 
 /// Runs one parsed command, writing its output to `out`.
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     match &cli.command {
         Command::Node(cmd) => node::run(&cli.node, cmd, cli.json, out),
+        Command::SqlRewrite(args) => rewrite::run(args, cli.json, out),
     }
 }
