@@ -126,7 +126,11 @@ mod tests {
         );
         assert!(matches!(
             "x".repeat(41).parse::<CloneId>(),
-            Err(IdError::TooLong { len: 41, max: 40, .. })
+            Err(IdError::TooLong {
+                len: 41,
+                max: 40,
+                ..
+            })
         ));
         for bad in ["-a", "a-", "A", "a_b", "a.b", "a b", "ä", "../x"] {
             assert!(
