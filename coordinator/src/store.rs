@@ -1,18 +1,32 @@
 //! The coordinator's durable state in SQLite (WAL): jobs, clones and idempotency keys. Every
-//! state transition is one transaction with a guarded `UPDATE … WHERE status = …`, so two actors
-//! (API, job engine, reaper) can never both win the same transition and a crash never leaves a
-//! half-made change.
+//! state transition is atomic (a savepoint) with a guarded `UPDATE … WHERE status = …`, so two
+//! actors (API, job engine, reaper) can never both win the same transition and a crash never
+//! leaves a half-made change.
+//!
+//! Writes go to one writer thread that owns the write connection and commits them in groups:
+//! every write queued while the previous commit ran joins the next transaction, each in its own
+//! savepoint, and no caller hears "done" before its group committed. Reads use a small pool of
+//! reader connections (WAL readers never wait for the writer).
 
 use crate::timestamps::rfc3339;
 use clonepool_common::api::{
     CloneInfo, ClonePath, CloneResult, CloneStatus, JobResult, JobState, JobStatus, JobType,
 };
-use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
+use rusqlite::{params, Connection, OptionalExtension, Row};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 const READERS: usize = 4;
+/// Most writes committed together.
+const MAX_GROUP: usize = 256;
+
+/// Hands a write's outcome to its caller once the group's commit is known (`Some` = the
+/// commit failed, with why).
+type Deliver = Box<dyn FnOnce(Option<String>) + Send>;
+/// One write, run on the writer thread inside the group transaction (`None`: the group's
+/// transaction could not begin, so the write does not run).
+type WriteOp = Box<dyn FnOnce(Option<&mut Connection>) -> Deliver + Send>;
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS jobs (
@@ -83,6 +97,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a database task stopped unexpectedly: {0}")]
     Join(String),
+    #[error("the database could not commit: {0}")]
+    Commit(String),
     #[error("a live clone named {clone_id:?} already exists")]
     CloneNameTaken { clone_id: String },
     #[error("{limit} jobs are already waiting")]
@@ -289,11 +305,11 @@ pub struct Store {
 }
 
 struct Inner {
-    writer: Mutex<Connection>,
+    /// To the writer thread; it stops when the last sender is dropped.
+    writes: std::sync::mpsc::Sender<WriteOp>,
     readers: Vec<Mutex<Connection>>,
-    /// Blocking tasks are admitted only when a connection is free, so a burst of requests
+    /// Blocking reads are admitted only when a connection is free, so a burst of requests
     /// queues here (cheaply, in async) instead of as blocked threads on a mutex.
-    write_slot: tokio::sync::Semaphore,
     read_slots: tokio::sync::Semaphore,
     next_reader: AtomicUsize,
     path: PathBuf,
@@ -342,10 +358,14 @@ impl Store {
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
+        let (writes, queue) = std::sync::mpsc::channel::<WriteOp>();
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || write_groups(writer, queue))
+            .map_err(|err| StoreError::Join(format!("cannot start the writer thread: {err}")))?;
         Ok(Store {
             inner: Arc::new(Inner {
-                writer: Mutex::new(writer),
-                write_slot: tokio::sync::Semaphore::new(1),
+                writes,
                 read_slots: tokio::sync::Semaphore::new(readers.len()),
                 readers,
                 next_reader: AtomicUsize::new(0),
@@ -368,24 +388,35 @@ impl Store {
         &self.inner.path
     }
 
+    /// Runs `f` on the writer thread as part of the next group commit. `f` must make its
+    /// changes inside `conn.savepoint()` (committed = released; dropped = rolled back) or as
+    /// single statements.
     async fn write<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<T, StoreError> + Send + 'static,
     {
-        let inner = self.inner.clone();
-        let _slot = self
-            .inner
-            .write_slot
-            .acquire()
+        let (done, outcome) = tokio::sync::oneshot::channel::<Result<T, StoreError>>();
+        let op: WriteOp = Box::new(move |conn: Option<&mut Connection>| {
+            let result = match conn {
+                Some(conn) => std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)))
+                    .unwrap_or_else(|_| Err(StoreError::Join("a database write panicked".into()))),
+                None => Err(StoreError::Commit("the transaction could not begin".into())),
+            };
+            Box::new(move |commit_failed: Option<String>| {
+                let _ = done.send(match commit_failed {
+                    None => result,
+                    Some(why) => Err(StoreError::Commit(why)),
+                });
+            })
+        });
+        self.inner
+            .writes
+            .send(op)
+            .map_err(|_| StoreError::Join("the writer thread stopped".into()))?;
+        outcome
             .await
-            .map_err(|err| StoreError::Join(err.to_string()))?;
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            f(&mut conn)
-        })
-        .await
-        .map_err(|err| StoreError::Join(err.to_string()))?
+            .map_err(|_| StoreError::Join("the writer thread stopped".into()))?
     }
 
     async fn read<T, F>(&self, f: F) -> Result<T, StoreError>
@@ -440,7 +471,7 @@ impl Store {
     /// name is taken by a live clone, or the queue is full.
     pub async fn create_job(&self, job: NewJob) -> Result<Created, StoreError> {
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             if let Some(idem) = &job.idempotency {
                 let existing: Option<(String, String)> = tx
                     .query_row(
@@ -536,7 +567,7 @@ impl Store {
     /// Moves the oldest due pending job to `running` (one more attempt) and returns it.
     pub async fn start_next_job(&self, now: i64) -> Result<Option<JobRow>, StoreError> {
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let id: Option<String> = tx
                 .query_row(
                     "SELECT id FROM jobs WHERE status = 'pending' AND not_before <= ?1
@@ -624,7 +655,7 @@ impl Store {
         let job_id = job_id.to_string();
         let code = code.to_string();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             fail_job_tx(&tx, &job_id, &code, &message, now)?;
             let row = job_by_id(&tx, &job_id)?;
             tx.commit()?;
@@ -637,7 +668,7 @@ impl Store {
     pub async fn cancel_job(&self, job_id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
         let job_id = job_id.to_string();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let Some(job) = job_by_id(&tx, &job_id)? else {
                 return Ok(CancelOutcome::NotFound);
             };
@@ -663,7 +694,7 @@ impl Store {
         now: i64,
     ) -> Result<Vec<Recovered>, StoreError> {
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let running: Vec<JobRow> = {
                 let mut stmt = tx.prepare(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running'"
@@ -717,7 +748,7 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let agent = agent.to_string();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let mut agents = claim_agents_tx(&tx, clone_row)?;
             if !agents.contains(&agent) {
                 agents.push(agent);
@@ -736,7 +767,7 @@ impl Store {
     pub async fn forget_claim_agent(&self, clone_row: i64, agent: &str) -> Result<(), StoreError> {
         let agent = agent.to_string();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let mut agents = claim_agents_tx(&tx, clone_row)?;
             agents.retain(|a| a != &agent);
             tx.execute(
@@ -761,7 +792,7 @@ impl Store {
         let job_id = job_id.to_string();
         let minute_ms = self.inner.minute_ms;
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let Some(clone) = clone_by_row(&tx, clone_row)? else {
                 return Ok(None);
             };
@@ -868,7 +899,7 @@ impl Store {
     pub async fn end_clone(&self, clone_id: &str, now: i64) -> Result<EndOutcome, StoreError> {
         let clone_id = clone_id.to_string();
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let Some(clone) = clone_by_name_tx(&tx, &clone_id)? else {
                 return Ok(EndOutcome::NotFound);
             };
@@ -924,7 +955,7 @@ impl Store {
         let clone_id = clone_id.to_string();
         let minute_ms = self.inner.minute_ms;
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             let Some(clone) = clone_by_name_tx(&tx, &clone_id)? else {
                 return Ok(ExtendOutcome::NotLive);
             };
@@ -1040,7 +1071,7 @@ impl Store {
     /// clones) older than `job_cutoff`. Returns how many jobs were deleted.
     pub async fn prune(&self, key_cutoff: i64, job_cutoff: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let tx = conn.savepoint()?;
             tx.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < ?1",
                 params![key_cutoff],
@@ -1057,11 +1088,52 @@ impl Store {
         .await
     }
 
+    /// Runs raw SQL through the writer (tests set up odd states with it).
+    #[cfg(test)]
+    pub(crate) async fn execute_sql(&self, sql: &'static str) -> Result<(), StoreError> {
+        self.write(move |conn| Ok(conn.execute_batch(sql)?)).await
+    }
+
     /// True when the database answers a query.
     pub async fn ping(&self) -> bool {
         self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await
             .is_ok()
+    }
+}
+
+/// The writer thread: takes every queued write (up to [`MAX_GROUP`]), runs them in one
+/// `BEGIN IMMEDIATE … COMMIT`, then tells each caller. Stops when every sender is gone.
+fn write_groups(mut conn: Connection, queue: std::sync::mpsc::Receiver<WriteOp>) {
+    while let Ok(first) = queue.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match queue.try_recv() {
+                Ok(op) => group.push(op),
+                Err(_) => break,
+            }
+        }
+        if let Err(err) = conn.execute_batch("BEGIN IMMEDIATE") {
+            let why = err.to_string();
+            tracing::error!(error = %why, "cannot begin a write transaction");
+            for op in group {
+                // Nothing runs: each caller hears why.
+                op(None)(Some(why.clone()));
+            }
+            continue;
+        }
+        let delivers: Vec<Deliver> = group.into_iter().map(|op| op(Some(&mut conn))).collect();
+        match conn.execute_batch("COMMIT") {
+            Ok(()) => delivers.into_iter().for_each(|deliver| deliver(None)),
+            Err(err) => {
+                let _ = conn.execute_batch("ROLLBACK");
+                let why = err.to_string();
+                tracing::error!(error = %why, "a group commit failed; its writes were rolled back");
+                for deliver in delivers {
+                    deliver(Some(why.clone()));
+                }
+            }
+        }
     }
 }
 
@@ -1158,7 +1230,7 @@ fn clone_by_name_tx(conn: &Connection, clone_id: &str) -> Result<Option<CloneRow
         .optional()?)
 }
 
-fn claim_agents_tx(tx: &Transaction<'_>, clone_row: i64) -> Result<Vec<String>, StoreError> {
+fn claim_agents_tx(tx: &Connection, clone_row: i64) -> Result<Vec<String>, StoreError> {
     let json: String = tx.query_row(
         "SELECT claim_agents FROM clones WHERE id = ?1",
         params![clone_row],
@@ -1174,7 +1246,7 @@ fn encode_agents(agents: &[String]) -> String {
 /// Ends the clone of a job that will not complete: `releasing` when an agent may hold a pod for
 /// it, else `released` straight away.
 fn end_clone_of_job(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     job_id: &str,
     reason: &str,
     now: i64,
@@ -1190,7 +1262,7 @@ fn end_clone_of_job(
 }
 
 fn fail_job_tx(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     job_id: &str,
     code: &str,
     message: &str,
@@ -1208,12 +1280,7 @@ fn fail_job_tx(
     Ok(())
 }
 
-fn cancel_job_tx(
-    tx: &Transaction<'_>,
-    job_id: &str,
-    why: &str,
-    now: i64,
-) -> Result<(), StoreError> {
+fn cancel_job_tx(tx: &Connection, job_id: &str, why: &str, now: i64) -> Result<(), StoreError> {
     let changed = tx.execute(
         "UPDATE jobs SET status = 'cancelled', error = ?2, error_code = 'cancelled',
                 message = 'Cancelled', updated_at = ?3
@@ -1361,11 +1428,8 @@ pub(crate) mod tests {
         }
         // job-2 has used its last attempt.
         store
-            .inner
-            .writer
-            .lock()
-            .unwrap()
-            .execute("UPDATE jobs SET attempts = 3 WHERE id = 'job-2'", [])
+            .execute_sql("UPDATE jobs SET attempts = 3 WHERE id = 'job-2'")
+            .await
             .unwrap();
         let clone_b = store.clone_for_job("job-2").await.unwrap().unwrap();
         store
