@@ -331,6 +331,7 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open(path).map_err(open_err)?;
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .map_err(open_err)?;
+    conn.set_prepared_statement_cache_capacity(64);
     // WAL + NORMAL: a commit survives a process crash (kill -9); only an OS crash or power
     // loss can lose the last commits.
     conn.execute_batch(
@@ -488,23 +489,25 @@ impl Store {
                         return Ok(Created::Replayed(row));
                     }
                     // The job was pruned: forget the key and make a new one.
-                    tx.execute(
+                    exec(&tx, 
                         "DELETE FROM idempotency_keys WHERE route = ?1 AND key = ?2",
                         params![idem.route, idem.key],
                     )?;
                 }
             }
-            let queued: u32 =
-                tx.query_row("SELECT COUNT(*) FROM jobs WHERE status = 'pending'", [], |r| {
-                    r.get(0)
-                })?;
+            // Counting stops at the limit: the cost stays bounded however long the queue is.
+            let queued: u32 = one(&tx, 
+                "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'pending' LIMIT ?1)",
+                params![job.max_queued],
+                |r| r.get(0),
+            )?;
             if queued >= job.max_queued {
                 return Err(StoreError::QueueFull {
                     limit: job.max_queued,
                 });
             }
             let clone_id = job.clone.as_ref().map(|c| c.clone_id.clone());
-            tx.execute(
+            exec(&tx, 
                 "INSERT INTO jobs (id, type, status, progress, message, request, attempts, clone_id,
                                    created_at, updated_at, not_before)
                  VALUES (?1, ?2, 'pending', 0, 'Queued', ?3, 0, ?4, ?5, ?5, ?5)",
@@ -517,7 +520,7 @@ impl Store {
                 ],
             )?;
             if let Some(clone) = &job.clone {
-                let inserted = tx.execute(
+                let inserted = exec(&tx, 
                     "INSERT INTO clones (clone_id, job_id, status, source_url, clone_url, clone_host,
                                          ttl_minutes, created_at)
                      VALUES (?1, ?2, 'provisioning', ?3, ?4, ?5, ?6, ?7)",
@@ -545,7 +548,7 @@ impl Store {
                 }
             }
             if let Some(idem) = &job.idempotency {
-                tx.execute(
+                exec(&tx, 
                     "INSERT INTO idempotency_keys (route, key, request_hash, job_id, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![idem.route, idem.key, idem.request_hash, job.job_id, job.now],
@@ -577,7 +580,7 @@ impl Store {
                 )
                 .optional()?;
             let Some(id) = id else { return Ok(None) };
-            tx.execute(
+            exec(&tx, 
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, updated_at = ?2,
                         progress = MAX(progress, 5),
                         message = CASE WHEN attempts = 0 THEN 'Starting' ELSE 'Retrying' END
@@ -594,7 +597,7 @@ impl Store {
     /// When the next pending job becomes due (ms), if any is pending.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
-            Ok(conn.query_row(
+            Ok(one(&conn, 
                 "SELECT MIN(not_before) FROM jobs WHERE status = 'pending'",
                 [],
                 |r| r.get(0),
@@ -613,7 +616,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let job_id = job_id.to_string();
         self.write(move |conn| {
-            conn.execute(
+            exec(&conn, 
                 "UPDATE jobs SET progress = ?2, message = ?3, updated_at = ?4
                  WHERE id = ?1 AND status = 'running'",
                 params![job_id, progress, message, now],
@@ -633,7 +636,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let job_id = job_id.to_string();
         self.write(move |conn| {
-            conn.execute(
+            exec(&conn, 
                 "UPDATE jobs SET status = 'pending', not_before = ?2, message = ?3, updated_at = ?4
                  WHERE id = ?1 AND status = 'running'",
                 params![job_id, not_before, message, now],
@@ -696,7 +699,7 @@ impl Store {
         self.write(move |conn| {
             let tx = conn.savepoint()?;
             let running: Vec<JobRow> = {
-                let mut stmt = tx.prepare(&format!(
+                let mut stmt = tx.prepare_cached(&format!(
                     "SELECT {JOB_COLUMNS} FROM jobs WHERE status = 'running'"
                 ))?;
                 let rows = stmt.query_map([], job_from_row)?;
@@ -706,7 +709,7 @@ impl Store {
             for job in running {
                 match job.job_type {
                     JobType::Clone if job.attempts < max_attempts => {
-                        tx.execute(
+                        exec(&tx, 
                             "UPDATE jobs SET status = 'pending', not_before = ?2, updated_at = ?2,
                                     message = 'Resuming after a coordinator restart'
                              WHERE id = ?1 AND status = 'running'",
@@ -753,7 +756,7 @@ impl Store {
             if !agents.contains(&agent) {
                 agents.push(agent);
             }
-            tx.execute(
+            exec(&tx, 
                 "UPDATE clones SET claim_agents = ?2, last_claim_cold = ?3 WHERE id = ?1",
                 params![clone_row, encode_agents(&agents), cold],
             )?;
@@ -770,7 +773,7 @@ impl Store {
             let tx = conn.savepoint()?;
             let mut agents = claim_agents_tx(&tx, clone_row)?;
             agents.retain(|a| a != &agent);
-            tx.execute(
+            exec(&tx, 
                 "UPDATE clones SET claim_agents = ?2 WHERE id = ?1",
                 params![clone_row, encode_agents(&agents)],
             )?;
@@ -807,7 +810,7 @@ impl Store {
             if !agents.contains(&claim.agent) {
                 agents.push(claim.agent.clone());
             }
-            tx.execute(
+            exec(&tx, 
                 "UPDATE clones SET status = 'ready', agent = ?2, claim_agents = ?3, node = ?4,
                         pod_id = ?5, endpoint = ?6, path = ?7, ready_at = ?8, expires_at = ?9
                  WHERE id = ?1",
@@ -835,7 +838,7 @@ impl Store {
             });
             let result_json = serde_json::to_string(&result)
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            tx.execute(
+            exec(&tx, 
                 "UPDATE jobs SET status = 'completed', progress = 100, message = ?2, result = ?3,
                         updated_at = ?4
                  WHERE id = ?1",
@@ -888,7 +891,7 @@ impl Store {
             } else {
                 format!("SELECT {CLONE_COLUMNS} FROM clones WHERE status != 'released' ORDER BY id")
             };
-            let mut stmt = conn.prepare(&sql)?;
+            let mut stmt = conn.prepare_cached(&sql)?;
             let rows = stmt.query_map([], clone_from_row)?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
@@ -907,7 +910,7 @@ impl Store {
                 CloneStatus::Released => EndOutcome::NotFound,
                 CloneStatus::Releasing => EndOutcome::AlreadyReleasing(clone),
                 CloneStatus::Ready => {
-                    tx.execute(
+                    exec(&tx, 
                         "UPDATE clones SET status = 'releasing', end_reason = 'deleted', ended_at = ?2
                          WHERE id = ?1 AND status = 'ready'",
                         params![clone.id, now],
@@ -923,7 +926,7 @@ impl Store {
                     match job.map(|j| j.state) {
                         Some(JobState::Pending) => {
                             cancel_job_tx(&tx, &clone.job_id, "cancelled: its clone was deleted", now)?;
-                            tx.execute(
+                            exec(&tx, 
                                 "UPDATE clones SET end_reason = 'deleted' WHERE id = ?1",
                                 params![clone.id],
                             )?;
@@ -968,7 +971,7 @@ impl Store {
                             remaining_minutes: total,
                         });
                     }
-                    tx.execute(
+                    exec(&tx, 
                         "UPDATE clones SET ttl_minutes = ?2 WHERE id = ?1 AND status = 'provisioning'",
                         params![clone.id, total],
                     )?;
@@ -981,7 +984,7 @@ impl Store {
                             remaining_minutes: remaining,
                         });
                     }
-                    tx.execute(
+                    exec(&tx, 
                         "UPDATE clones SET ttl_minutes = ttl_minutes + ?2, expires_at = ?3
                          WHERE id = ?1 AND status = 'ready'",
                         params![clone.id, minutes, expires],
@@ -1001,7 +1004,7 @@ impl Store {
     /// returned by exactly one call.
     pub async fn expire_due(&self, now: i64) -> Result<Vec<CloneRow>, StoreError> {
         self.write(move |conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "UPDATE clones SET status = 'releasing', end_reason = 'expired', ended_at = ?1
                  WHERE status = 'ready' AND expires_at <= ?1
                  RETURNING {CLONE_COLUMNS}"
@@ -1014,7 +1017,7 @@ impl Store {
 
     pub async fn releasing_clones(&self) -> Result<Vec<CloneRow>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {CLONE_COLUMNS} FROM clones WHERE status = 'releasing' ORDER BY id"
             ))?;
             let rows = stmt.query_map([], clone_from_row)?;
@@ -1026,7 +1029,7 @@ impl Store {
     /// Marks a releasing clone released (its pod was handed back). False if it was not releasing.
     pub async fn finish_release(&self, clone_row: i64, now: i64) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            let changed = conn.execute(
+            let changed = exec(&conn, 
                 "UPDATE clones SET status = 'released', ended_at = COALESCE(ended_at, ?2)
                  WHERE id = ?1 AND status = 'releasing'",
                 params![clone_row, now],
@@ -1039,7 +1042,7 @@ impl Store {
     /// Ready clones, for the edge proxy's routing table.
     pub async fn ready_clones(&self) -> Result<Vec<CloneRow>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare(&format!(
+            let mut stmt = conn.prepare_cached(&format!(
                 "SELECT {CLONE_COLUMNS} FROM clones WHERE status = 'ready'"
             ))?;
             let rows = stmt.query_map([], clone_from_row)?;
@@ -1051,7 +1054,7 @@ impl Store {
     /// Number of jobs in each state.
     pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+            let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
             let mut counts: Vec<(JobState, u64)> =
                 JobState::ALL.iter().map(|state| (*state, 0)).collect();
@@ -1072,11 +1075,11 @@ impl Store {
     pub async fn prune(&self, key_cutoff: i64, job_cutoff: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
             let tx = conn.savepoint()?;
-            tx.execute(
+            exec(&tx, 
                 "DELETE FROM idempotency_keys WHERE created_at < ?1",
                 params![key_cutoff],
             )?;
-            let deleted = tx.execute(
+            let deleted = exec(&tx, 
                 "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
                    AND updated_at < ?1
                    AND NOT EXISTS (SELECT 1 FROM clones c WHERE c.job_id = jobs.id AND c.status != 'released')",
@@ -1096,7 +1099,7 @@ impl Store {
 
     /// True when the database answers a query.
     pub async fn ping(&self) -> bool {
-        self.read(|conn| Ok(conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        self.read(|conn| Ok(one(&conn, "SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await
             .is_ok()
     }
@@ -1144,6 +1147,21 @@ const JOB_COLUMNS: &str =
 const CLONE_COLUMNS: &str = "id, clone_id, job_id, status, source_url, clone_url, clone_host, \
                              ttl_minutes, agent, claim_agents, last_claim_cold, node, pod_id, \
                              endpoint, path, created_at, ready_at, expires_at, ended_at, end_reason";
+
+/// `execute` through the connection's statement cache (SQL is parsed once).
+fn exec<P: rusqlite::Params>(conn: &Connection, sql: &str, params: P) -> rusqlite::Result<usize> {
+    conn.prepare_cached(sql)?.execute(params)
+}
+
+/// `query_row` through the connection's statement cache.
+fn one<T, P: rusqlite::Params, F: FnOnce(&Row<'_>) -> rusqlite::Result<T>>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+    f: F,
+) -> rusqlite::Result<T> {
+    conn.prepare_cached(sql)?.query_row(params, f)
+}
 
 fn corrupt(err: String) -> rusqlite::Error {
     rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, err.into())
@@ -1231,7 +1249,7 @@ fn clone_by_name_tx(conn: &Connection, clone_id: &str) -> Result<Option<CloneRow
 }
 
 fn claim_agents_tx(tx: &Connection, clone_row: i64) -> Result<Vec<String>, StoreError> {
-    let json: String = tx.query_row(
+    let json: String = one(&tx, 
         "SELECT claim_agents FROM clones WHERE id = ?1",
         params![clone_row],
         |r| r.get(0),
@@ -1251,7 +1269,7 @@ fn end_clone_of_job(
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    tx.execute(
+    exec(&tx, 
         "UPDATE clones SET
             status = CASE WHEN claim_agents = '[]' THEN 'released' ELSE 'releasing' END,
             end_reason = COALESCE(end_reason, ?2), ended_at = ?3
@@ -1268,7 +1286,7 @@ fn fail_job_tx(
     message: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    let changed = tx.execute(
+    let changed = exec(&tx, 
         "UPDATE jobs SET status = 'failed', error = ?2, error_code = ?3, updated_at = ?4,
                 message = 'Failed'
          WHERE id = ?1 AND status IN ('pending', 'running')",
@@ -1281,7 +1299,7 @@ fn fail_job_tx(
 }
 
 fn cancel_job_tx(tx: &Connection, job_id: &str, why: &str, now: i64) -> Result<(), StoreError> {
-    let changed = tx.execute(
+    let changed = exec(&tx, 
         "UPDATE jobs SET status = 'cancelled', error = ?2, error_code = 'cancelled',
                 message = 'Cancelled', updated_at = ?3
          WHERE id = ?1 AND status = 'pending'",

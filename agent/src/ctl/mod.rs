@@ -3,6 +3,7 @@
 //! clones, …) can be added as another module with its own `Subcommand` enum, flattened into
 //! [`Command`] next to [`node::NodeCommand`].
 
+pub mod api;
 pub mod node;
 pub mod protocol;
 pub mod rewrite;
@@ -20,7 +21,7 @@ pub const SOCKET_NAME: &str = "ctl.sock";
     name = "clonepoolctl",
     version,
     about = "Inspect and steer clonepool",
-    long_about = "Inspect and steer clonepool.\n\nNode commands (status, pods, pod, reset, drain, events) talk to the clonepool-agent of this machine through the Unix socket ctl.sock in its data dir (--data-dir / CLONEPOOL_DATA_DIR).",
+    long_about = "Inspect and steer clonepool.\n\nNode commands (status, pods, pod, reset, drain, events) talk to the clonepool-agent of this machine through the Unix socket ctl.sock in its data dir (--data-dir / CLONEPOOL_DATA_DIR).\n\nAPI commands (clone, job, cancel, clones, delete, extend, pool) call the coordinator's HTTPS API; `source .clonepool/env` (written by scripts/up) sets CLONEPOOL_URL, CLONEPOOL_TOKEN and CLONEPOOL_CA for them.\n\nsql-rewrite rewrites a site's URLs in an SQL dump (stdin to stdout).",
     subcommand_help_heading = "Commands"
 )]
 pub struct Cli {
@@ -31,6 +32,9 @@ pub struct Cli {
     #[command(flatten)]
     pub node: node::NodeArgs,
 
+    #[command(flatten)]
+    pub api: api::ApiArgs,
+
     #[command(subcommand)]
     pub command: Command,
 }
@@ -40,6 +44,8 @@ pub struct Cli {
 pub enum Command {
     #[command(flatten)]
     Node(node::NodeCommand),
+    #[command(flatten)]
+    Api(api::ApiCommand),
     /// Rewrite a site's URLs in an SQL dump (stdin → stdout), keeping PHP serialized data valid.
     SqlRewrite(rewrite::SqlRewriteArgs),
 }
@@ -53,6 +59,8 @@ pub enum CtlError {
     #[error("writing output: {0}")]
     Output(#[from] std::io::Error),
     #[error(transparent)]
+    Api(#[from] api::ApiCommandError),
+    #[error(transparent)]
     Rewrite(#[from] clonepool_common::rewrite::RewriteError),
 }
 
@@ -60,6 +68,7 @@ pub enum CtlError {
 pub fn run(cli: &Cli, out: &mut dyn Write) -> Result<(), CtlError> {
     match &cli.command {
         Command::Node(cmd) => node::run(&cli.node, cmd, cli.json, out),
+        Command::Api(cmd) => api::run(&cli.api, cmd, cli.json, out),
         Command::SqlRewrite(args) => rewrite::run(args, cli.json, out),
     }
 }
