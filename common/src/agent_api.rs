@@ -83,7 +83,7 @@ pub struct ReadyRequest {
 }
 
 /// Pods of one node by state, and the most it may hold.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capacity {
     pub node: String,
     pub starting: u32,
@@ -96,6 +96,32 @@ pub struct Capacity {
     /// The agent takes no new claims (draining or shutting down).
     #[serde(default)]
     pub draining: bool,
+    /// The agent's container runtime answers and its state is loaded. While false, claims are
+    /// answered `503 unavailable` without taking a pod: skip the agent. Absent (an older agent)
+    /// counts as true.
+    #[serde(default = "reachable_by_default")]
+    pub runtime_reachable: bool,
+}
+
+fn reachable_by_default() -> bool {
+    true
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            node: String::new(),
+            starting: 0,
+            warm: 0,
+            assigned: 0,
+            ready: 0,
+            resetting: 0,
+            quarantined: 0,
+            max: 0,
+            draining: false,
+            runtime_reachable: reachable_by_default(),
+        }
+    }
 }
 
 /// One pod as the agent reports it.

@@ -81,7 +81,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/clone", post(post_clone))
         .route(
             "/api/v2/job-status/{job_id}",
-            get(get_job_status).delete(cancel_job),
+            get(get_job_status).delete(cancel_job_by_delete),
         )
         .route("/api/v2/job-status/{job_id}/cancel", post(cancel_job))
         .route("/api/v2/restore", post(post_restore))
@@ -444,6 +444,26 @@ pub async fn cancel_job(
         ))),
         CancelOutcome::NotFound => Err(ApiError::not_found(format!("no job {job_id}"))),
     }
+}
+
+/// Cancel a pending job: the same as `POST /api/v2/job-status/{job_id}/cancel`.
+#[utoipa::path(
+    delete,
+    path = "/api/v2/job-status/{job_id}",
+    params(("job_id" = String, Path)),
+    responses(
+        (status = 200, description = "Cancelled; the job as it is now", body = JobStatus),
+        (status = 404, description = "No such job", body = crate::openapi::ErrorBodyDoc),
+        (status = 409, description = "The job is running or finished", body = crate::openapi::ErrorBodyDoc),
+    ),
+    security(("bearer" = [])),
+    tag = "jobs"
+)]
+pub async fn cancel_job_by_delete(
+    state: State<AppState>,
+    job_id: Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
+    cancel_job(state, job_id).await
 }
 
 /// Push a clone back to a production site.

@@ -240,9 +240,6 @@ impl JobEngine {
             .claim_agents
             .last()
             .map(|agent| (agent.as_str(), clone.last_claim_cold));
-        self.store
-            .set_progress(&job.id, 10, "Choosing a node".into(), now_ms())
-            .await?;
         let mut observer = StoreObserver {
             store: &self.store,
             job_id: &job.id,

@@ -52,6 +52,7 @@ impl Modify for BearerAuth {
         crate::http_api::post_clone,
         crate::http_api::get_job_status,
         crate::http_api::cancel_job,
+        crate::http_api::cancel_job_by_delete,
         crate::http_api::post_restore,
         crate::http_api::delete_clone,
         crate::http_api::list_clones,
@@ -89,6 +90,7 @@ mod tests {
     fn the_document_lists_every_v2_route_and_schema() {
         let doc = document();
         let paths = doc["paths"].as_object().unwrap();
+        assert!(paths["/api/v2/job-status/{job_id}"]["delete"].is_object());
         for path in [
             "/api/v2/clone",
             "/api/v2/job-status/{job_id}",

@@ -11,9 +11,9 @@ use crate::store::{CloneRow, Store, StoreError};
 use crate::timestamps::now_ms;
 use clonepool_common::agent_api::ReleaseRequest;
 use clonepool_common::api::CloneStatus;
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 /// How long idempotency keys are kept.
@@ -37,6 +37,8 @@ pub struct Reaper {
     edge: EdgeRoutes,
     metrics: Metrics,
     in_flight: Mutex<HashSet<i64>>,
+    /// Clones whose last release was not confirmed: when to try again, and how often it failed.
+    backoff: Mutex<HashMap<i64, (Instant, u32)>>,
     wake: Notify,
 }
 
@@ -67,6 +69,7 @@ impl Reaper {
             edge,
             metrics,
             in_flight: Mutex::new(HashSet::new()),
+            backoff: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         }
     }
@@ -95,12 +98,9 @@ impl Reaper {
             _ => return Ok(ReleaseOutcome::Released),
         };
         self.edge.remove(&clone.clone_id);
-        let mut agents = clone.claim_agents.clone();
-        if let Some(agent) = &clone.agent {
-            if !agents.contains(agent) {
-                agents.push(agent.clone());
-            }
-        }
+        // Every agent that may hold a pod for the clone (the serving one included); each is
+        // forgotten once it confirms, so a retry asks only those that did not.
+        let agents = clone.claim_agents.clone();
         let clone_id = match clone.clone_id.parse() {
             Ok(id) => id,
             Err(err) => {
@@ -134,9 +134,17 @@ impl Reaper {
         }
         if !problems.is_empty() {
             let why = problems.join("; ");
+            let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            let failures = backoff.get(&clone.id).map_or(0, |(_, n)| *n) + 1;
+            let delay = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
+            backoff.insert(clone.id, (Instant::now() + delay, failures));
             tracing::warn!(clone = %clone.clone_id, problems = %why, "release not confirmed; will retry");
             return Ok(ReleaseOutcome::Pending(why));
         }
+        self.backoff
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&clone.id);
         if self.store.finish_release(clone.id, now_ms()).await? {
             self.metrics
                 .clone_released(clone.end_reason.as_deref().unwrap_or("other"));
@@ -154,16 +162,18 @@ impl Reaper {
         }
         for clone in self.store.releasing_clones().await? {
             // Wait for agents that are down; an unknown agent is handled by `release`.
-            let agents: Vec<&String> = clone
-                .claim_agents
-                .iter()
-                .chain(clone.agent.iter())
-                .collect();
+            let agents = &clone.claim_agents;
             let all_down = !agents.is_empty()
                 && agents
                     .iter()
                     .all(|url| self.registry.view(url).is_some_and(|view| !view.up));
-            if all_down {
+            let waiting = self
+                .backoff
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&clone.id)
+                .is_some_and(|(at, _)| *at > Instant::now());
+            if all_down || waiting {
                 continue;
             }
             self.release(&clone).await?;
@@ -323,7 +333,16 @@ mod tests {
         );
         agent.with(|s| s.down = false);
         registry.poll_all().await;
+        // The next try waits out a short backoff (2 s after the first failure) ...
         reaper.tick(2).await.unwrap();
+        assert_eq!(
+            store.clone_by_name("x").await.unwrap().unwrap().status,
+            CloneStatus::Releasing
+        );
+        // ... then succeeds.
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        registry.poll_all().await;
+        reaper.tick(3).await.unwrap();
         assert_eq!(
             store.clone_by_name("x").await.unwrap().unwrap().status,
             CloneStatus::Released

@@ -489,14 +489,14 @@ impl Store {
                         return Ok(Created::Replayed(row));
                     }
                     // The job was pruned: forget the key and make a new one.
-                    exec(&tx, 
+                    exec(&tx,
                         "DELETE FROM idempotency_keys WHERE route = ?1 AND key = ?2",
                         params![idem.route, idem.key],
                     )?;
                 }
             }
             // Counting stops at the limit: the cost stays bounded however long the queue is.
-            let queued: u32 = one(&tx, 
+            let queued: u32 = one(&tx,
                 "SELECT COUNT(*) FROM (SELECT 1 FROM jobs WHERE status = 'pending' LIMIT ?1)",
                 params![job.max_queued],
                 |r| r.get(0),
@@ -507,7 +507,7 @@ impl Store {
                 });
             }
             let clone_id = job.clone.as_ref().map(|c| c.clone_id.clone());
-            exec(&tx, 
+            exec(&tx,
                 "INSERT INTO jobs (id, type, status, progress, message, request, attempts, clone_id,
                                    created_at, updated_at, not_before)
                  VALUES (?1, ?2, 'pending', 0, 'Queued', ?3, 0, ?4, ?5, ?5, ?5)",
@@ -520,7 +520,7 @@ impl Store {
                 ],
             )?;
             if let Some(clone) = &job.clone {
-                let inserted = exec(&tx, 
+                let inserted = exec(&tx,
                     "INSERT INTO clones (clone_id, job_id, status, source_url, clone_url, clone_host,
                                          ttl_minutes, created_at)
                      VALUES (?1, ?2, 'provisioning', ?3, ?4, ?5, ?6, ?7)",
@@ -548,7 +548,7 @@ impl Store {
                 }
             }
             if let Some(idem) = &job.idempotency {
-                exec(&tx, 
+                exec(&tx,
                     "INSERT INTO idempotency_keys (route, key, request_hash, job_id, created_at)
                      VALUES (?1, ?2, ?3, ?4, ?5)",
                     params![idem.route, idem.key, idem.request_hash, job.job_id, job.now],
@@ -580,10 +580,12 @@ impl Store {
                 )
                 .optional()?;
             let Some(id) = id else { return Ok(None) };
-            exec(&tx, 
+            exec(
+                &tx,
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, updated_at = ?2,
-                        progress = MAX(progress, 5),
-                        message = CASE WHEN attempts = 0 THEN 'Starting' ELSE 'Retrying' END
+                        progress = MAX(progress, 10),
+                        message = CASE WHEN attempts = 0 THEN 'Choosing a node'
+                                       ELSE 'Retrying: choosing a node' END
                  WHERE id = ?1 AND status = 'pending'",
                 params![id, now],
             )?;
@@ -597,7 +599,8 @@ impl Store {
     /// When the next pending job becomes due (ms), if any is pending.
     pub async fn next_due(&self) -> Result<Option<i64>, StoreError> {
         self.read(|conn| {
-            Ok(one(&conn, 
+            Ok(one(
+                conn,
                 "SELECT MIN(not_before) FROM jobs WHERE status = 'pending'",
                 [],
                 |r| r.get(0),
@@ -616,7 +619,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let job_id = job_id.to_string();
         self.write(move |conn| {
-            exec(&conn, 
+            exec(
+                conn,
                 "UPDATE jobs SET progress = ?2, message = ?3, updated_at = ?4
                  WHERE id = ?1 AND status = 'running'",
                 params![job_id, progress, message, now],
@@ -636,7 +640,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let job_id = job_id.to_string();
         self.write(move |conn| {
-            exec(&conn, 
+            exec(
+                conn,
                 "UPDATE jobs SET status = 'pending', not_before = ?2, message = ?3, updated_at = ?4
                  WHERE id = ?1 AND status = 'running'",
                 params![job_id, not_before, message, now],
@@ -709,7 +714,8 @@ impl Store {
             for job in running {
                 match job.job_type {
                     JobType::Clone if job.attempts < max_attempts => {
-                        exec(&tx, 
+                        exec(
+                            &tx,
                             "UPDATE jobs SET status = 'pending', not_before = ?2, updated_at = ?2,
                                     message = 'Resuming after a coordinator restart'
                              WHERE id = ?1 AND status = 'running'",
@@ -756,7 +762,8 @@ impl Store {
             if !agents.contains(&agent) {
                 agents.push(agent);
             }
-            exec(&tx, 
+            exec(
+                &tx,
                 "UPDATE clones SET claim_agents = ?2, last_claim_cold = ?3 WHERE id = ?1",
                 params![clone_row, encode_agents(&agents), cold],
             )?;
@@ -773,7 +780,8 @@ impl Store {
             let tx = conn.savepoint()?;
             let mut agents = claim_agents_tx(&tx, clone_row)?;
             agents.retain(|a| a != &agent);
-            exec(&tx, 
+            exec(
+                &tx,
                 "UPDATE clones SET claim_agents = ?2 WHERE id = ?1",
                 params![clone_row, encode_agents(&agents)],
             )?;
@@ -810,7 +818,8 @@ impl Store {
             if !agents.contains(&claim.agent) {
                 agents.push(claim.agent.clone());
             }
-            exec(&tx, 
+            exec(
+                &tx,
                 "UPDATE clones SET status = 'ready', agent = ?2, claim_agents = ?3, node = ?4,
                         pod_id = ?5, endpoint = ?6, path = ?7, ready_at = ?8, expires_at = ?9
                  WHERE id = ?1",
@@ -838,7 +847,8 @@ impl Store {
             });
             let result_json = serde_json::to_string(&result)
                 .map_err(|err| StoreError::Corrupt(err.to_string()))?;
-            exec(&tx, 
+            exec(
+                &tx,
                 "UPDATE jobs SET status = 'completed', progress = 100, message = ?2, result = ?3,
                         updated_at = ?4
                  WHERE id = ?1",
@@ -910,7 +920,7 @@ impl Store {
                 CloneStatus::Released => EndOutcome::NotFound,
                 CloneStatus::Releasing => EndOutcome::AlreadyReleasing(clone),
                 CloneStatus::Ready => {
-                    exec(&tx, 
+                    exec(&tx,
                         "UPDATE clones SET status = 'releasing', end_reason = 'deleted', ended_at = ?2
                          WHERE id = ?1 AND status = 'ready'",
                         params![clone.id, now],
@@ -926,7 +936,7 @@ impl Store {
                     match job.map(|j| j.state) {
                         Some(JobState::Pending) => {
                             cancel_job_tx(&tx, &clone.job_id, "cancelled: its clone was deleted", now)?;
-                            exec(&tx, 
+                            exec(&tx,
                                 "UPDATE clones SET end_reason = 'deleted' WHERE id = ?1",
                                 params![clone.id],
                             )?;
@@ -971,7 +981,7 @@ impl Store {
                             remaining_minutes: total,
                         });
                     }
-                    exec(&tx, 
+                    exec(&tx,
                         "UPDATE clones SET ttl_minutes = ?2 WHERE id = ?1 AND status = 'provisioning'",
                         params![clone.id, total],
                     )?;
@@ -984,7 +994,7 @@ impl Store {
                             remaining_minutes: remaining,
                         });
                     }
-                    exec(&tx, 
+                    exec(&tx,
                         "UPDATE clones SET ttl_minutes = ttl_minutes + ?2, expires_at = ?3
                          WHERE id = ?1 AND status = 'ready'",
                         params![clone.id, minutes, expires],
@@ -1029,7 +1039,8 @@ impl Store {
     /// Marks a releasing clone released (its pod was handed back). False if it was not releasing.
     pub async fn finish_release(&self, clone_row: i64, now: i64) -> Result<bool, StoreError> {
         self.write(move |conn| {
-            let changed = exec(&conn, 
+            let changed = exec(
+                conn,
                 "UPDATE clones SET status = 'released', ended_at = COALESCE(ended_at, ?2)
                  WHERE id = ?1 AND status = 'releasing'",
                 params![clone_row, now],
@@ -1054,7 +1065,8 @@ impl Store {
     /// Number of jobs in each state.
     pub async fn job_counts(&self) -> Result<Vec<(JobState, u64)>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
+            let mut stmt =
+                conn.prepare_cached("SELECT status, COUNT(*) FROM jobs GROUP BY status")?;
             let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, u64>(1)?)))?;
             let mut counts: Vec<(JobState, u64)> =
                 JobState::ALL.iter().map(|state| (*state, 0)).collect();
@@ -1075,11 +1087,11 @@ impl Store {
     pub async fn prune(&self, key_cutoff: i64, job_cutoff: i64) -> Result<usize, StoreError> {
         self.write(move |conn| {
             let tx = conn.savepoint()?;
-            exec(&tx, 
+            exec(&tx,
                 "DELETE FROM idempotency_keys WHERE created_at < ?1",
                 params![key_cutoff],
             )?;
-            let deleted = exec(&tx, 
+            let deleted = exec(&tx,
                 "DELETE FROM jobs WHERE status IN ('completed', 'failed', 'cancelled')
                    AND updated_at < ?1
                    AND NOT EXISTS (SELECT 1 FROM clones c WHERE c.job_id = jobs.id AND c.status != 'released')",
@@ -1099,7 +1111,7 @@ impl Store {
 
     /// True when the database answers a query.
     pub async fn ping(&self) -> bool {
-        self.read(|conn| Ok(one(&conn, "SELECT 1", [], |r| r.get::<_, i64>(0))?))
+        self.read(|conn| Ok(one(conn, "SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await
             .is_ok()
     }
@@ -1249,7 +1261,8 @@ fn clone_by_name_tx(conn: &Connection, clone_id: &str) -> Result<Option<CloneRow
 }
 
 fn claim_agents_tx(tx: &Connection, clone_row: i64) -> Result<Vec<String>, StoreError> {
-    let json: String = one(&tx, 
+    let json: String = one(
+        tx,
         "SELECT claim_agents FROM clones WHERE id = ?1",
         params![clone_row],
         |r| r.get(0),
@@ -1269,7 +1282,8 @@ fn end_clone_of_job(
     reason: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    exec(&tx, 
+    exec(
+        tx,
         "UPDATE clones SET
             status = CASE WHEN claim_agents = '[]' THEN 'released' ELSE 'releasing' END,
             end_reason = COALESCE(end_reason, ?2), ended_at = ?3
@@ -1286,7 +1300,8 @@ fn fail_job_tx(
     message: &str,
     now: i64,
 ) -> Result<(), StoreError> {
-    let changed = exec(&tx, 
+    let changed = exec(
+        tx,
         "UPDATE jobs SET status = 'failed', error = ?2, error_code = ?3, updated_at = ?4,
                 message = 'Failed'
          WHERE id = ?1 AND status IN ('pending', 'running')",
@@ -1299,7 +1314,8 @@ fn fail_job_tx(
 }
 
 fn cancel_job_tx(tx: &Connection, job_id: &str, why: &str, now: i64) -> Result<(), StoreError> {
-    let changed = exec(&tx, 
+    let changed = exec(
+        tx,
         "UPDATE jobs SET status = 'cancelled', error = ?2, error_code = 'cancelled',
                 message = 'Cancelled', updated_at = ?3
          WHERE id = ?1 AND status = 'pending'",

@@ -254,6 +254,22 @@ mod tests {
     }
 
     #[test]
+    fn an_operators_certificate_and_key_are_used_as_given() {
+        let theirs = tempfile::tempdir().unwrap();
+        let generated = ensure_local_ca(theirs.path(), &["api.example.test".into()]).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        let (_, files) =
+            server_config(Some((&generated.cert, &generated.key)), data.path(), &[]).unwrap();
+        assert_eq!(files.ca, None);
+        assert_eq!(files.cert, generated.cert);
+        assert!(!files.generated);
+        assert!(
+            !data.path().join(SERVER_CERT_FILE).exists(),
+            "nothing generated"
+        );
+    }
+
+    #[test]
     fn a_missing_operator_key_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let generated = ensure_local_ca(dir.path(), &[]).unwrap();

@@ -11,7 +11,7 @@
 
 mod coordinator_support;
 
-use clonepool_common::api::{CloneRequest, ClonePath, JobResult, JobState};
+use clonepool_common::api::{ClonePath, CloneRequest, JobResult, JobState};
 use coordinator_support::*;
 use std::time::{Duration, Instant};
 
@@ -48,7 +48,11 @@ fn line(what: &str, samples: &[f64], unit: &str) -> String {
 /// Times one clone: (path, ms to job completed, ms to the clone URL answering 200).
 async fn timed_clone(stack: &Stack, name: &str) -> (ClonePath, f64, f64) {
     let started = Instant::now();
-    let accepted = stack.api.clone_site(&clone_request(name), None).await.unwrap();
+    let accepted = stack
+        .api
+        .clone_site(&clone_request(name), None)
+        .await
+        .unwrap();
     let done = stack
         .api
         .wait_job(
@@ -75,7 +79,10 @@ async fn timed_clone(stack: &Stack, name: &str) -> (ClonePath, f64, f64) {
         if ok {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(180), "{name} never served");
+        assert!(
+            started.elapsed() < Duration::from_secs(180),
+            "{name} never served"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let serving_ms = started.elapsed().as_secs_f64() * 1000.0;
@@ -85,7 +92,7 @@ async fn timed_clone(stack: &Stack, name: &str) -> (ClonePath, f64, f64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "measurement, needs Docker and the workload image: see the file's header"]
 async fn measure_api_latency_and_warm_vs_cold_clone_times() {
-    let _docker = docker_lock();
+    let _docker = docker_lock().await;
     let rounds = env_count("CLONEPOOL_BENCH_ROUNDS", 3);
     let posts_per_client = env_count("CLONEPOOL_BENCH_POSTS", 2);
     let gets_per_client = env_count("CLONEPOOL_BENCH_GETS", 10);
@@ -114,7 +121,10 @@ async fn measure_api_latency_and_warm_vs_cold_clone_times() {
             settled.then_some(())
         })
         .await;
-        println!("round {round}: pool {:?}", stack.api.pool().await.unwrap().agents);
+        println!(
+            "round {round}: pool {:?}",
+            stack.api.pool().await.unwrap().agents
+        );
         let (a, b) = (format!("bench-{round}-a"), format!("bench-{round}-b"));
         let (x, y) = tokio::join!(timed_clone(&stack, &a), timed_clone(&stack, &b));
         for (path, done, serving) in [x, y] {
@@ -205,25 +215,134 @@ async fn measure_api_latency_and_warm_vs_cold_clone_times() {
         .collect();
     let get_wall = started.elapsed();
 
+    // The same, paced: each client sends one request every 100 ms (1000 requests/s in all),
+    // which is what 100 concurrent users look like rather than a saturating flood.
+    let period = Duration::from_millis(100);
+    let paced_posts = clients.iter().enumerate().map(|(c, client)| {
+        let url = stack.url("/api/v2/clone");
+        let token = stack.token.clone();
+        async move {
+            tokio::time::sleep(period.mul_f64(c as f64 / CLIENTS as f64)).await;
+            let mut samples = Vec::new();
+            let mut ids = Vec::new();
+            for i in 0..posts_per_client.max(5) {
+                let tick = Instant::now();
+                let response = client
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&clone_request(&format!("bench-paced-{c}-{i}")))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 202);
+                let body: serde_json::Value = response.json().await.unwrap();
+                samples.push(tick.elapsed().as_secs_f64() * 1000.0);
+                ids.push(body["job_id"].as_str().unwrap().to_string());
+                tokio::time::sleep(period.saturating_sub(tick.elapsed())).await;
+            }
+            (samples, ids)
+        }
+    });
+    let results = futures_util::future::join_all(paced_posts).await;
+    let paced_post_ms: Vec<f64> = results.iter().flat_map(|(s, _)| s.clone()).collect();
+    let mut job_ids = job_ids;
+    job_ids.extend(results.into_iter().flat_map(|(_, ids)| ids));
+    let paced_gets = clients.iter().enumerate().map(|(c, client)| {
+        let token = stack.token.clone();
+        let job_ids = &job_ids;
+        let stack = &stack;
+        async move {
+            tokio::time::sleep(period.mul_f64(c as f64 / CLIENTS as f64)).await;
+            let mut samples = Vec::new();
+            for i in 0..gets_per_client {
+                let tick = Instant::now();
+                let id = &job_ids[(c * 7919 + i * 104_729) % job_ids.len()];
+                let response = client
+                    .get(stack.url(&format!("/api/v2/job-status/{id}")))
+                    .bearer_auth(&token)
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), 200);
+                let _ = response.bytes().await.unwrap();
+                samples.push(tick.elapsed().as_secs_f64() * 1000.0);
+                tokio::time::sleep(period.saturating_sub(tick.elapsed())).await;
+            }
+            samples
+        }
+    });
+    let paced_get_ms: Vec<f64> = futures_util::future::join_all(paced_gets)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
+
     // Every API job ends (most fail: 3 pods for hundreds of clones), none is lost.
     for id in &job_ids {
         let status = stack
             .api
-            .wait_job(id, Duration::from_millis(100), Duration::from_secs(300), |_| {})
+            .wait_job(
+                id,
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+                |_| {},
+            )
             .await
             .unwrap();
         assert!(finished_clearly(&status), "{status:?}");
     }
 
-    let profile = if cfg!(debug_assertions) { "debug" } else { "release" };
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
     println!("\ncoordinator measurements ({profile} build, {CLIENTS} concurrent clients)\n");
     println!("| what | n | p50 | p95 | p99 | max |\n|---|---|---|---|---|---|");
-    println!("{}", line("POST /api/v2/clone", &post_ms, "ms"));
-    println!("{}", line("GET /api/v2/job-status/{id}", &get_ms, "ms"));
-    println!("{}", line("warm clone: request → job completed", &warm_done, "ms"));
-    println!("{}", line("warm clone: request → URL serving", &warm_serving, "ms"));
-    println!("{}", line("cold clone: request → job completed", &cold_done, "ms"));
-    println!("{}", line("cold clone: request → URL serving", &cold_serving, "ms"));
+    println!(
+        "{}",
+        line(
+            "POST /api/v2/clone, saturating (closed loop)",
+            &post_ms,
+            "ms"
+        )
+    );
+    println!(
+        "{}",
+        line("GET /api/v2/job-status/{id}, saturating", &get_ms, "ms")
+    );
+    println!(
+        "{}",
+        line(
+            "POST /api/v2/clone, paced 10/s per client",
+            &paced_post_ms,
+            "ms"
+        )
+    );
+    println!(
+        "{}",
+        line(
+            "GET /api/v2/job-status/{id}, paced 10/s per client",
+            &paced_get_ms,
+            "ms"
+        )
+    );
+    println!(
+        "{}",
+        line("warm clone: request → job completed", &warm_done, "ms")
+    );
+    println!(
+        "{}",
+        line("warm clone: request → URL serving", &warm_serving, "ms")
+    );
+    println!(
+        "{}",
+        line("cold clone: request → job completed", &cold_done, "ms")
+    );
+    println!(
+        "{}",
+        line("cold clone: request → URL serving", &cold_serving, "ms")
+    );
     println!(
         "\nthroughput: {} POSTs in {:.2} s ({:.0}/s); {} GETs in {:.2} s ({:.0}/s); cold/warm (median, serving) = {:.1}×",
         post_ms.len(),

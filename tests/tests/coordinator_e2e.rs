@@ -5,9 +5,7 @@
 
 mod coordinator_support;
 
-use clonepool_common::api::{
-    CloneRequest, CloneStatus, ClonePath, JobResult, JobState, JobStatus,
-};
+use clonepool_common::api::{ClonePath, CloneRequest, CloneStatus, JobResult, JobState, JobStatus};
 use clonepool_common::pod::PodState;
 use clonepool_coordinator::client::ApiClient;
 use coordinator_support::*;
@@ -64,7 +62,11 @@ async fn wordpress_dashboard(stack: &Stack, status: &JobStatus) -> String {
         "a correct login redirects to wp-admin: {}",
         login.text().await.unwrap_or_default()
     );
-    let dashboard = client.get(format!("{base}/wp-admin/")).send().await.unwrap();
+    let dashboard = client
+        .get(format!("{base}/wp-admin/"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(dashboard.status(), 200);
     dashboard.text().await.unwrap()
 }
@@ -72,8 +74,13 @@ async fn wordpress_dashboard(stack: &Stack, status: &JobStatus) -> String {
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn a_warm_clone_completes_and_its_url_serves_wordpress_through_the_edge() {
-    let _docker = docker_lock();
-    let stack = stack("coord-warm", &["--warm-target", "1", "--max-pods", "2"], |_| {}).await;
+    let _docker = docker_lock().await;
+    let stack = stack(
+        "coord-warm",
+        &["--warm-target", "1", "--max-pods", "2"],
+        |_| {},
+    )
+    .await;
     stack.wait_warm(1, Duration::from_secs(120)).await;
 
     let accepted = stack
@@ -89,7 +96,10 @@ async fn a_warm_clone_completes_and_its_url_serves_wordpress_through_the_edge() 
     assert_eq!(result.path, ClonePath::Warm);
     assert_eq!(
         result.clone_url,
-        format!("http://e2e-warm.localhost:{}", stack.coordinator.edge_addr.port())
+        format!(
+            "http://e2e-warm.localhost:{}",
+            stack.coordinator.edge_addr.port()
+        )
     );
 
     // The front page is WordPress, with links to the clone's own URL.
@@ -101,8 +111,14 @@ async fn a_warm_clone_completes_and_its_url_serves_wordpress_through_the_edge() 
         .unwrap();
     assert_eq!(front.status(), 200);
     let html = front.text().await.unwrap();
-    assert!(html.contains("wp-content") || html.contains("wp-includes"), "{html}");
-    assert!(html.contains(&result.clone_url), "links point at the clone URL");
+    assert!(
+        html.contains("wp-content") || html.contains("wp-includes"),
+        "{html}"
+    );
+    assert!(
+        html.contains(&result.clone_url),
+        "links point at the clone URL"
+    );
     // The credentials in the result log in.
     let dashboard = wordpress_dashboard(&stack, &done).await;
     assert!(dashboard.contains("Dashboard"), "{dashboard}");
@@ -115,15 +131,23 @@ async fn a_warm_clone_completes_and_its_url_serves_wordpress_through_the_edge() 
         .find(|p| Some(p.pod_id.to_string()) == info.pod_id)
         .expect("the clone's pod is on the agent");
     assert_eq!(pod.state, PodState::Ready);
-    assert_eq!(pod.clone_id.map(|c| c.to_string()).as_deref(), Some("e2e-warm"));
+    assert_eq!(
+        pod.clone_id.map(|c| c.to_string()).as_deref(),
+        Some("e2e-warm")
+    );
     stack.shutdown().await;
 }
 
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn with_the_pool_exhausted_the_next_clone_completes_cold() {
-    let _docker = docker_lock();
-    let stack = stack("coord-cold", &["--warm-target", "1", "--max-pods", "3"], |_| {}).await;
+    let _docker = docker_lock().await;
+    let stack = stack(
+        "coord-cold",
+        &["--warm-target", "1", "--max-pods", "3"],
+        |_| {},
+    )
+    .await;
     stack.wait_warm(1, Duration::from_secs(120)).await;
 
     // Two at once with one warm pod: one takes it, the other must go cold.
@@ -142,7 +166,11 @@ async fn with_the_pool_exhausted_the_next_clone_completes_cold() {
     let paths: HashSet<ClonePath> = [clone_result(&a).path, clone_result(&b).path].into();
     assert_eq!(paths, HashSet::from([ClonePath::Warm, ClonePath::Cold]));
     // The cold clone serves WordPress too.
-    let cold = if clone_result(&a).path == ClonePath::Cold { &a } else { &b };
+    let cold = if clone_result(&a).path == ClonePath::Cold {
+        &a
+    } else {
+        &b
+    };
     let dashboard = wordpress_dashboard(&stack, cold).await;
     assert!(dashboard.contains("Dashboard"));
     stack.shutdown().await;
@@ -151,7 +179,7 @@ async fn with_the_pool_exhausted_the_next_clone_completes_cold() {
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn ttl_expiry_and_delete_return_the_pods_to_warm() {
-    let _docker = docker_lock();
+    let _docker = docker_lock().await;
     // A TTL minute of 400 ms: a 5-minute clone expires after 2 s.
     let stack = stack(
         "coord-ttl",
@@ -160,7 +188,10 @@ async fn ttl_expiry_and_delete_return_the_pods_to_warm() {
     )
     .await;
     stack.wait_warm(2, Duration::from_secs(180)).await;
-    let (short_req, long_req) = (clone_request("e2e-short", 5), clone_request("e2e-long", 1440));
+    let (short_req, long_req) = (
+        clone_request("e2e-short", 5),
+        clone_request("e2e-long", 1440),
+    );
     let (short, long) = tokio::join!(
         stack.api.clone_site(&short_req, None),
         stack.api.clone_site(&long_req, None)
@@ -172,15 +203,31 @@ async fn ttl_expiry_and_delete_return_the_pods_to_warm() {
     );
     assert_eq!(short.status, JobState::Completed, "{short:?}");
     assert_eq!(long.status, JobState::Completed, "{long:?}");
-    let short_pod = stack.api.clone_info("e2e-short").await.unwrap().pod_id.unwrap();
-    let long_pod = stack.api.clone_info("e2e-long").await.unwrap().pod_id.unwrap();
+    let short_pod = stack
+        .api
+        .clone_info("e2e-short")
+        .await
+        .unwrap()
+        .pod_id
+        .unwrap();
+    let long_pod = stack
+        .api
+        .clone_info("e2e-long")
+        .await
+        .unwrap()
+        .pod_id
+        .unwrap();
 
     let deleted = stack.api.delete("e2e-long").await.unwrap();
     assert_eq!(deleted.status, CloneStatus::Released);
-    let expired = eventually("the short clone expires", Duration::from_secs(30), || async {
-        let info = stack.api.clone_info("e2e-short").await.unwrap();
-        (info.status == CloneStatus::Released).then_some(info)
-    })
+    let expired = eventually(
+        "the short clone expires",
+        Duration::from_secs(30),
+        || async {
+            let info = stack.api.clone_info("e2e-short").await.unwrap();
+            (info.status == CloneStatus::Released).then_some(info)
+        },
+    )
     .await;
     assert_eq!(expired.end_reason.as_deref(), Some("expired"));
     // An expired clone's URL answers the 404 page.
@@ -212,14 +259,17 @@ async fn ttl_expiry_and_delete_return_the_pods_to_warm() {
         }
     }
     let released = stack.api.clones(true).await.unwrap();
-    assert!(released.clones.iter().all(|c| c.status == CloneStatus::Released));
+    assert!(released
+        .clones
+        .iter()
+        .all(|c| c.status == CloneStatus::Released));
     stack.shutdown().await;
 }
 
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn a_hundred_concurrent_clone_posts_all_get_jobs_none_lost_and_no_pod_assigned_twice() {
-    let _docker = docker_lock();
+    let _docker = docker_lock().await;
     let stack = stack(
         "coord-100",
         &["--warm-target", "2", "--max-pods", "4"],
@@ -279,7 +329,11 @@ async fn a_hundred_concurrent_clone_posts_all_get_jobs_none_lost_and_no_pod_assi
         .collect();
     assert!(!completed.is_empty(), "some clones completed");
     for failed in finished.values().filter(|s| s.status == JobState::Failed) {
-        assert_eq!(failed.error_code.as_deref(), Some("no_capacity"), "{failed:?}");
+        assert_eq!(
+            failed.error_code.as_deref(),
+            Some("no_capacity"),
+            "{failed:?}"
+        );
     }
     // No pod was handed out twice: distinct pods on the coordinator's side ...
     let mut pods = HashSet::new();
@@ -289,7 +343,10 @@ async fn a_hundred_concurrent_clone_posts_all_get_jobs_none_lost_and_no_pod_assi
             .clone_info(&clone_result(status).clone_id)
             .await
             .unwrap();
-        assert!(pods.insert(info.pod_id.clone().unwrap()), "pod reused: {info:?}");
+        assert!(
+            pods.insert(info.pod_id.clone().unwrap()),
+            "pod reused: {info:?}"
+        );
     }
     // ... and on the agent's: each pod it holds for a clone matches the coordinator's record.
     let agent_pods = stack.agent_pods();
@@ -303,6 +360,16 @@ async fn a_hundred_concurrent_clone_posts_all_get_jobs_none_lost_and_no_pod_assi
     }
     stack.shutdown().await;
 }
+
+/// (what, path, bearer token, body, expected status, expected error code)
+type BadPost = (
+    &'static str,
+    &'static str,
+    Option<&'static str>,
+    String,
+    u16,
+    &'static str,
+);
 
 /// Bad inputs against the real HTTPS API (no Docker needed: the agent may be absent).
 #[tokio::test]
@@ -326,24 +393,146 @@ async fn bad_inputs_over_https_get_their_documented_errors() {
         body.to_string()
     };
     // (what, path, token, body, status, code)
-    let table: Vec<(&str, &str, Option<&str>, String, u16, &str)> = vec![
-        ("no token", "/api/v2/clone", None, good.to_string(), 401, "unauthorized"),
-        ("wrong token", "/api/v2/clone", Some("nope"), good.to_string(), 401, "unauthorized"),
-        ("bad JSON", "/api/v2/clone", Some(token), "{\"source_url\":".into(), 400, "bad_request"),
-        ("unknown field", "/api/v2/clone", Some(token), with("surprise", json!(1)), 400, "bad_request"),
-        ("bad customer_id", "/api/v2/clone", Some(token), with("customer_id", json!("Not A Label")), 400, "bad_request"),
-        ("long customer_id", "/api/v2/clone", Some(token), with("customer_id", json!("a".repeat(41))), 400, "bad_request"),
-        ("ttl too long", "/api/v2/clone", Some(token), with("ttl_minutes", json!(100000)), 400, "bad_request"),
-        ("huge body", "/api/v2/clone", Some(token), with("source_password", json!("p".repeat(1 << 20))), 413, "payload_too_large"),
-        ("not http", "/api/v2/clone", Some(token), with("source_url", json!("gopher://source.test/")), 400, "invalid_url"),
-        ("loopback", "/api/v2/clone", Some(token), with("source_url", json!("http://127.0.0.1:7401/")), 400, "forbidden_url"),
-        ("localhost", "/api/v2/clone", Some(token), with("source_url", json!("http://localhost/")), 400, "forbidden_url"),
-        ("metadata", "/api/v2/clone", Some(token), with("source_url", json!("http://169.254.169.254/latest/meta-data/")), 400, "forbidden_url"),
-        ("private", "/api/v2/clone", Some(token), with("source_url", json!("http://172.17.0.1/")), 400, "forbidden_url"),
-        ("CGNAT", "/api/v2/clone", Some(token), with("source_url", json!("http://100.100.100.200/")), 400, "forbidden_url"),
-        ("IPv6 ULA", "/api/v2/clone", Some(token), with("source_url", json!("http://[fc00::1]/")), 400, "forbidden_url"),
-        ("IPv4-mapped", "/api/v2/clone", Some(token), with("source_url", json!("http://[::ffff:10.0.0.1]/")), 400, "forbidden_url"),
-        ("decimal IP", "/api/v2/clone", Some(token), with("source_url", json!("http://2130706433/")), 400, "forbidden_url"),
+    let table: Vec<BadPost> = vec![
+        (
+            "no token",
+            "/api/v2/clone",
+            None,
+            good.to_string(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "wrong token",
+            "/api/v2/clone",
+            Some("nope"),
+            good.to_string(),
+            401,
+            "unauthorized",
+        ),
+        (
+            "bad JSON",
+            "/api/v2/clone",
+            Some(token),
+            "{\"source_url\":".into(),
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown field",
+            "/api/v2/clone",
+            Some(token),
+            with("surprise", json!(1)),
+            400,
+            "bad_request",
+        ),
+        (
+            "bad customer_id",
+            "/api/v2/clone",
+            Some(token),
+            with("customer_id", json!("Not A Label")),
+            400,
+            "bad_request",
+        ),
+        (
+            "long customer_id",
+            "/api/v2/clone",
+            Some(token),
+            with("customer_id", json!("a".repeat(41))),
+            400,
+            "bad_request",
+        ),
+        (
+            "ttl too long",
+            "/api/v2/clone",
+            Some(token),
+            with("ttl_minutes", json!(100000)),
+            400,
+            "bad_request",
+        ),
+        (
+            "huge body",
+            "/api/v2/clone",
+            Some(token),
+            with("source_password", json!("p".repeat(1 << 20))),
+            413,
+            "payload_too_large",
+        ),
+        (
+            "not http",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("gopher://source.test/")),
+            400,
+            "invalid_url",
+        ),
+        (
+            "loopback",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("http://127.0.0.1:7401/")),
+            400,
+            "forbidden_url",
+        ),
+        (
+            "localhost",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("http://localhost/")),
+            400,
+            "forbidden_url",
+        ),
+        (
+            "metadata",
+            "/api/v2/clone",
+            Some(token),
+            with(
+                "source_url",
+                json!("http://169.254.169.254/latest/meta-data/"),
+            ),
+            400,
+            "forbidden_url",
+        ),
+        (
+            "private",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("http://172.17.0.1/")),
+            400,
+            "forbidden_url",
+        ),
+        (
+            "CGNAT",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("http://100.100.100.200/")),
+            400,
+            "forbidden_url",
+        ),
+        (
+            "IPv6 ULA",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("http://[fc00::1]/")),
+            400,
+            "forbidden_url",
+        ),
+        (
+            "IPv4-mapped",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("http://[::ffff:10.0.0.1]/")),
+            400,
+            "forbidden_url",
+        ),
+        (
+            "decimal IP",
+            "/api/v2/clone",
+            Some(token),
+            with("source_url", json!("http://2130706433/")),
+            400,
+            "forbidden_url",
+        ),
     ];
     for (what, path, bearer, body, status, code) in table {
         let mut request = raw
@@ -363,8 +552,18 @@ async fn bad_inputs_over_https_get_their_documented_errors() {
         );
     }
     for (what, path, status, code) in [
-        ("bad job id", "/api/v2/job-status/..%2F..%2Fetc", 400, "bad_request"),
-        ("unknown job", "/api/v2/job-status/job-ffffffffffffffffffffffff", 404, "not_found"),
+        (
+            "bad job id",
+            "/api/v2/job-status/..%2F..%2Fetc",
+            400,
+            "bad_request",
+        ),
+        (
+            "unknown job",
+            "/api/v2/job-status/job-ffffffffffffffffffffffff",
+            404,
+            "not_found",
+        ),
         ("bad clone id", "/api/v2/clones/UPPER", 400, "bad_request"),
         ("unknown clone", "/api/v2/clones/nobody", 404, "not_found"),
     ] {
@@ -376,7 +575,11 @@ async fn bad_inputs_over_https_get_their_documented_errors() {
             .unwrap();
         let got = response.status().as_u16();
         let body: serde_json::Value = response.json().await.unwrap();
-        assert_eq!((got, body["error"]["code"].as_str().unwrap_or("")), (status, code), "{what}");
+        assert_eq!(
+            (got, body["error"]["code"].as_str().unwrap_or("")),
+            (status, code),
+            "{what}"
+        );
     }
     // Plain HTTP to the HTTPS port is not served.
     let plain = reqwest::Client::new()
@@ -464,13 +667,19 @@ fn spawn_coordinator(env: &[(&str, String)], log: &std::path::Path) -> ChildCoor
 
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
-async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed_or_clearly_failed() {
-    let _docker = docker_lock();
+async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed_or_clearly_failed()
+{
+    let _docker = docker_lock().await;
     let dir = tempfile::tempdir().unwrap();
     let node = test_node("coord-kill");
     let _cleanup = PodCleanup::new(&node);
     let agent_dir = dir.path().join("agent");
-    let agent = start_agent(&agent_dir, &node, &["--warm-target", "1", "--max-pods", "4"]).await;
+    let agent = start_agent(
+        &agent_dir,
+        &node,
+        &["--warm-target", "1", "--max-pods", "4"],
+    )
+    .await;
     let token = format!("e2e-{:016x}", rand::random::<u64>());
     let api: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let edge: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -494,7 +703,12 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
     let log = dir.path().join("coordinator.log");
     let first = spawn_coordinator(&env, &log);
     let ca = std::fs::read(data.join("ca.pem")).unwrap();
-    let client = ApiClient::new(&format!("https://localhost:{}", api.port()), &token, Some(&ca)).unwrap();
+    let client = ApiClient::new(
+        &format!("https://localhost:{}", api.port()),
+        &token,
+        Some(&ca),
+    )
+    .unwrap();
     eventually("a warm pod", Duration::from_secs(120), || async {
         (client.pool().await.ok()?.warm_total >= 1).then_some(())
     })
@@ -534,11 +748,21 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
 
     let _second = spawn_coordinator(&env, &log);
     // A new client: the old one's pooled connections died with the first process.
-    let client = ApiClient::new(&format!("https://localhost:{}", api.port()), &token, Some(&ca)).unwrap();
+    let client = ApiClient::new(
+        &format!("https://localhost:{}", api.port()),
+        &token,
+        Some(&ca),
+    )
+    .unwrap();
     let mut statuses = Vec::new();
     for id in &job_ids {
         let status = client
-            .wait_job(id, Duration::from_millis(200), Duration::from_secs(240), |_| {})
+            .wait_job(
+                id,
+                Duration::from_millis(200),
+                Duration::from_secs(240),
+                |_| {},
+            )
             .await
             .unwrap();
         assert!(finished_clearly(&status), "{status:?}");
@@ -565,7 +789,10 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
     for status in completed {
         let result = clone_result(status);
         let info = client.clone_info(&result.clone_id).await.unwrap();
-        assert!(pods.insert(info.pod_id.clone().unwrap()), "pod reused: {info:?}");
+        assert!(
+            pods.insert(info.pod_id.clone().unwrap()),
+            "pod reused: {info:?}"
+        );
         let page = edge_client(&result.clone_id, edge)
             .get(&result.clone_url)
             .send()
@@ -590,7 +817,9 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
             .into_iter()
             .filter(|p| {
                 matches!(p.state, PodState::Assigned | PodState::Ready)
-                    && p.clone_id.as_ref().is_some_and(|c| !live.contains(c.as_str()))
+                    && p.clone_id
+                        .as_ref()
+                        .is_some_and(|c| !live.contains(c.as_str()))
             })
             .collect();
         stray.is_empty().then_some(())

@@ -27,11 +27,12 @@ pub fn image() -> String {
     })
 }
 
-/// One Docker test at a time in this binary: pod creation saturates a small machine.
-pub static DOCKER: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// One Docker test at a time in this binary: pod creation saturates a small machine. (An
+/// async mutex: the guard is held across awaits, and each test has its own runtime.)
+pub static DOCKER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-pub fn docker_lock() -> std::sync::MutexGuard<'static, ()> {
-    DOCKER.lock().unwrap_or_else(|p| p.into_inner())
+pub async fn docker_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    DOCKER.lock().await
 }
 
 /// A fresh node name starting with `test-` (scripts/cleanup-test-pods knows the prefix).
@@ -120,7 +121,12 @@ pub const SOURCE_URL: &str = "https://source.test/";
 
 /// A coordinator configuration for tests: ephemeral ports, fast loops, `source.test`
 /// allow-listed (the clone is the pod's fresh WordPress until the migrator lands).
-pub fn coordinator_config(data_dir: &Path, agent_url: &str, agent_token: &Path, token: &str) -> Config {
+pub fn coordinator_config(
+    data_dir: &Path,
+    agent_url: &str,
+    agent_token: &Path,
+    token: &str,
+) -> Config {
     let mut config = Config::with_data_dir(data_dir);
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
@@ -254,7 +260,10 @@ where
         if let Some(value) = f().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?}: {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?}: {what}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
