@@ -142,7 +142,10 @@ fn serve(
     })
 }
 
-/// Builds and starts the agent over `runtime`, probing WordPress with `probe`.
+/// Builds and starts the agent over `runtime`, probing WordPress with `probe`. Needs no answer
+/// from the runtime: the state file, token, ports and debug socket come up first (start-up
+/// errors about them are returned), then the pool adopts the node's pods as soon as the runtime
+/// answers (see [`WarmPool::start`]).
 pub async fn start(
     config: AgentConfig,
     runtime: Arc<dyn ContainerRuntime>,
@@ -193,22 +196,13 @@ pub async fn start(
             max_pods: config.max_pods,
             create_parallelism: config.create_parallelism,
             reconcile_interval: config.reconcile_interval,
+            lost_pod_grace: config.lost_pod_grace,
         },
         store,
         provisioner,
         resetter,
         metrics,
     );
-
-    match runtime.image_present(&config.image).await {
-        Ok(true) => {}
-        Ok(false) => {
-            tracing::warn!(image = %config.image, "workload image not found; build it with images/wordpress/build")
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "container runtime not reachable at start; /readyz stays false until it is")
-        }
-    }
 
     let cancel = CancellationToken::new();
     let api_listener = listen("agent API", config.api_listen).await?;
@@ -248,6 +242,9 @@ pub async fn start(
         cancel.clone(),
     )));
 
+    // Adopt the node's pods; when the runtime does not answer yet this returns at once and
+    // the pool keeps trying, while the ports above already answer (/livez 200, /readyz 503,
+    // claims 503 unavailable).
     pool.start().await;
 
     if let Some(url) = config.coordinator_url.clone() {

@@ -58,6 +58,15 @@ impl FromStr for ResetMethod {
     }
 }
 
+/// Pod container labels the agent (and its runtime) set themselves; `--pod-label` may not.
+pub const RESERVED_LABELS: [&str; 5] = [
+    crate::runtime::LABEL_POD,
+    crate::runtime::LABEL_NODE,
+    crate::runtime::LABEL_ROLE,
+    crate::runtime::docker::LABEL_NETWORK,
+    crate::runtime::docker::LABEL_MANAGED,
+];
+
 /// The fastest method that passes verification (see docs/benchmarks.md).
 pub const DEFAULT_RESET_METHOD: ResetMethod = ResetMethod::Sql;
 
@@ -131,7 +140,13 @@ pub struct RawConfig {
     /// Seconds between full reconcile passes (events wake it earlier).
     #[arg(long, env = "CLONEPOOL_RECONCILE_INTERVAL_SECS", default_value = "10")]
     pub reconcile_interval_secs: String,
+    /// Seconds a lost pod (a container died while it served a clone) stays visible before it
+    /// is removed, released or not.
+    #[arg(long, env = "CLONEPOOL_LOST_POD_GRACE_SECS", default_value = "900")]
+    pub lost_pod_grace_secs: String,
     /// Extra label `key=value` put on every pod container (repeatable), e.g. clonepool.test=true.
+    /// The keys the agent sets itself (clonepool.pod, .node, .role, .network, .managed) are
+    /// reserved.
     #[arg(
         long = "pod-label",
         env = "CLONEPOOL_POD_LABELS",
@@ -167,6 +182,7 @@ pub struct AgentConfig {
     pub coordinator_url: Option<String>,
     pub push_interval: Duration,
     pub reconcile_interval: Duration,
+    pub lost_pod_grace: Duration,
     pub pod_labels: Vec<(String, String)>,
 }
 
@@ -294,10 +310,21 @@ impl AgentConfig {
             1u64,
             3600,
         );
+        let lost_grace = number(
+            &mut p,
+            "lost-pod-grace-secs",
+            &raw.lost_pod_grace_secs,
+            0u64,
+            7 * 24 * 3600,
+        );
         let mut pod_labels = Vec::new();
         for label in raw.pod_labels.iter().filter(|l| !l.trim().is_empty()) {
             match label.split_once('=') {
-                Some((k, v)) if !k.is_empty() && !k.starts_with("clonepool.pod") => {
+                Some((k, _)) if RESERVED_LABELS.contains(&k) => p.push(format!(
+                    "pod-label key {k:?} is reserved: the agent sets {} itself (other clonepool.* keys, e.g. clonepool.test, are allowed)",
+                    RESERVED_LABELS.join(", ")
+                )),
+                Some((k, v)) if !k.trim().is_empty() => {
                     pod_labels.push((k.to_string(), v.to_string()))
                 }
                 _ => p.push(format!("pod-label must be key=value (got {label:?})")),
@@ -334,6 +361,7 @@ impl AgentConfig {
             coordinator_url: raw.coordinator_url.filter(|s| !s.is_empty()),
             push_interval: Duration::from_secs(push.expect("validated")),
             reconcile_interval: Duration::from_secs(reconcile.expect("validated")),
+            lost_pod_grace: Duration::from_secs(lost_grace.expect("validated")),
             pod_labels,
         })
     }
@@ -408,6 +436,46 @@ mod tests {
             err.to_string().contains("must not exceed max-pods"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_pod_label_with_a_key_the_agent_sets_is_refused_as_reserved() {
+        for key in RESERVED_LABELS {
+            let label = format!("{key}=x");
+            let err = AgentConfig::from_raw(raw(&["--pod-label", &label])).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("reserved") && text.contains(key),
+                "{key}: {text}"
+            );
+            assert!(!text.contains("must be key=value"), "{text}");
+        }
+        let err = AgentConfig::from_raw(raw(&["--pod-label", "novalue"])).unwrap_err();
+        assert!(err.to_string().contains("must be key=value"), "{err}");
+        let ok = AgentConfig::from_raw(raw(&[
+            "--pod-label",
+            "clonepool.test=true",
+            "--pod-label",
+            "team=web",
+        ]))
+        .unwrap();
+        assert_eq!(
+            ok.pod_labels,
+            vec![
+                ("clonepool.test".to_string(), "true".to_string()),
+                ("team".to_string(), "web".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn lost_pods_are_kept_fifteen_minutes_by_default_and_the_grace_is_checked() {
+        let c = AgentConfig::from_raw(raw(&[])).unwrap();
+        assert_eq!(c.lost_pod_grace, Duration::from_secs(900));
+        let c = AgentConfig::from_raw(raw(&["--lost-pod-grace-secs", "0"])).unwrap();
+        assert_eq!(c.lost_pod_grace, Duration::ZERO);
+        let err = AgentConfig::from_raw(raw(&["--lost-pod-grace-secs", "soon"])).unwrap_err();
+        assert!(err.to_string().contains("lost-pod-grace-secs"), "{err}");
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod api;
 pub mod app;
 pub mod config;
+pub mod connecting_runtime;
 pub mod ctl;
 pub mod debug_socket;
 pub mod fingerprint;

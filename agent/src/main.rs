@@ -1,13 +1,12 @@
-//! `clonepool-agent`: parses the configuration, connects to the Docker Engine, runs the agent
-//! until SIGTERM/SIGINT, then shuts down gracefully.
+//! `clonepool-agent`: parses the configuration, starts the agent over the Docker Engine
+//! (connected when it answers), runs it until SIGTERM/SIGINT, then shuts down gracefully.
 
 use anyhow::Context;
 use clonepool_agent::app;
 use clonepool_agent::config::AgentConfig;
+use clonepool_agent::connecting_runtime::ConnectingRuntime;
 use clonepool_agent::provision::HttpSiteProbe;
-use clonepool_agent::runtime::DockerRuntime;
 use std::sync::Arc;
-use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 fn main() -> anyhow::Result<()> {
@@ -37,22 +36,8 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let socket = config.docker_socket.clone();
-    let mut delay = Duration::from_millis(500);
-    let runtime = loop {
-        match DockerRuntime::connect(socket.as_deref()).await {
-            Ok(r) => break r,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot reach the Docker Engine yet; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = term.recv() => return Ok(()),
-                    _ = int.recv() => return Ok(()),
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    // Connected when first used: the admin port and API come up even while Docker is down.
+    let runtime = ConnectingRuntime::docker(config.docker_socket.clone());
     let agent = app::start(config, Arc::new(runtime), Arc::new(HttpSiteProbe::new())).await?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),

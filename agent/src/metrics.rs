@@ -30,6 +30,21 @@ pub struct PathLabels {
     pub path: String,
 }
 
+/// Every `result` of `clonepool_agent_claims_total`: `warm`/`cold` (a new claim served that
+/// way), `repeat` (asked again by the same clone), `no_warm_pod`, `no_capacity`, `draining`,
+/// `unavailable` (runtime unreachable or state not loaded; nothing was taken) and `failed`
+/// (409 conflicts and 500s).
+pub const CLAIM_RESULTS: [&str; 8] = [
+    "warm",
+    "cold",
+    "repeat",
+    "no_warm_pod",
+    "no_capacity",
+    "draining",
+    "unavailable",
+    "failed",
+];
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -97,12 +112,12 @@ impl AgentMetrics {
         );
         r.register(
             "claims",
-            "Claims by result (warm, cold, repeat, no_warm_pod, no_capacity, failed)",
+            format!("Claims by result ({})", CLAIM_RESULTS.join(", ")),
             m.claims.clone(),
         );
         r.register(
             "provision_duration_seconds",
-            "Time to create a pod until it is WARM",
+            "Time to create a pod until it is really ready (pool and cold-path pods)",
             m.provision_duration.clone(),
         );
         r.register(
@@ -128,6 +143,11 @@ impl AgentMetrics {
         }
         for result in ["ok", "verify_failed", "failed"] {
             drop(m.resets.get_or_create(&ResultLabels {
+                result: result.into(),
+            }));
+        }
+        for result in CLAIM_RESULTS {
+            drop(m.claims.get_or_create(&ResultLabels {
                 result: result.into(),
             }));
         }

@@ -42,6 +42,8 @@ pub struct PoolConfig {
     pub max_pods: u32,
     pub create_parallelism: u32,
     pub reconcile_interval: Duration,
+    /// How long a lost pod stays (visible to its clone) before it is removed unreleased.
+    pub lost_pod_grace: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,10 +116,16 @@ struct Inner {
     /// Pods an operation works on, with how many hold them.
     busy: Mutex<HashMap<PodId, u32>>,
     create_slots: Arc<Semaphore>,
+    /// Cold claims waiting for a creation slot; pool creations let them go first.
+    cold_waiting: AtomicUsize,
+    cold_done: Notify,
     clone_locks: Mutex<HashMap<CloneId, Arc<tokio::sync::Mutex<()>>>>,
     draining: AtomicBool,
     stopping: AtomicBool,
+    /// The first reconcile pass (adoption) and the check of adopted WARM pods are done.
     loaded: AtomicBool,
+    /// The runtime answered the last time anyone asked (cached for claims and capacity;
+    /// maintained by the reconcile loop, the event watcher, `/readyz` and failed calls).
     runtime_ok: AtomicBool,
     kick: Notify,
     inflight: InFlight,
@@ -158,6 +166,23 @@ pub fn valid_clone_host(host: &str) -> bool {
         });
     let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok_and(|n| n > 0));
     name_ok && port_ok
+}
+
+/// The `result` label of `clonepool_agent_claims_total` for a claim's outcome (one of
+/// [`crate::metrics::CLAIM_RESULTS`]).
+fn claim_result(result: &Result<(ClaimResponse, bool), PoolError>) -> &'static str {
+    match result {
+        Ok((_, true)) => "repeat",
+        Ok((r, false)) if r.path == ClaimPath::Cold => "cold",
+        Ok(_) => "warm",
+        Err(PoolError::NoWarmPod(_)) => "no_warm_pod",
+        Err(PoolError::NoCapacity { .. }) => "no_capacity",
+        Err(PoolError::Draining(_)) => "draining",
+        Err(PoolError::Unavailable(_)) | Err(PoolError::Runtime(RuntimeError::Unreachable(_))) => {
+            "unavailable"
+        }
+        Err(_) => "failed",
+    }
 }
 
 /// Says which of a pod's containers do not run (for reasons and events).
@@ -206,6 +231,8 @@ impl WarmPool {
                 metrics,
                 busy: Mutex::new(HashMap::new()),
                 create_slots: Arc::new(Semaphore::new(parallelism)),
+                cold_waiting: AtomicUsize::new(0),
+                cold_done: Notify::new(),
                 clone_locks: Mutex::new(HashMap::new()),
                 draining: AtomicBool::new(draining),
                 stopping: AtomicBool::new(false),
@@ -230,26 +257,70 @@ impl WarmPool {
         self.inner.resetter.method
     }
 
-    /// Adopts what the runtime holds (one reconcile pass; errors are logged, the loop retries),
-    /// then starts the reconcile loop and the event watcher in the background.
+    /// Adopts what the runtime holds (a reconcile pass, then a health check of the adopted WARM
+    /// pods), then starts the reconcile loop and the event watcher. When the runtime does not
+    /// answer, returns at once and keeps trying in the background (0.5 s → 5 s); until then
+    /// `ready()` is false and claims answer `Unavailable`.
     pub async fn start(&self) {
-        if let Err(e) = self.reconcile_once().await {
-            tracing::warn!(error = %e, "first reconcile pass failed; retrying in the loop");
+        match self.initial_load().await {
+            Ok(()) => self.spawn_loops(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot adopt the node's pods yet; retrying until the container runtime answers");
+                let pool = self.clone();
+                tokio::spawn(async move {
+                    let mut delay = Duration::from_millis(500);
+                    loop {
+                        tokio::select! {
+                            _ = pool.inner.cancel.cancelled() => return,
+                            _ = pool.inner.kick.notified() => {}
+                            _ = tokio::time::sleep(delay) => {}
+                        }
+                        match pool.initial_load().await {
+                            Ok(()) => break,
+                            Err(e) => {
+                                tracing::debug!(error = %e, "adoption still waits for the runtime")
+                            }
+                        }
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                    tracing::info!("pods adopted; the node takes claims");
+                    pool.spawn_loops();
+                });
+            }
         }
-        self.check_adopted_warm_pods().await;
-        self.inner.loaded.store(true, Ordering::SeqCst);
+    }
+
+    fn spawn_loops(&self) {
         let pool = self.clone();
         tokio::spawn(async move { pool.reconcile_loop().await });
         let pool = self.clone();
         tokio::spawn(async move { pool.watch_loop().await });
     }
 
+    /// The first pass over the runtime; `loaded` once it went through.
+    async fn initial_load(&self) -> Result<(), PoolError> {
+        if self.inner.stopping.load(Ordering::SeqCst) {
+            return Err(PoolError::Unavailable("the agent is stopping".into()));
+        }
+        self.reconcile_once().await?;
+        self.check_adopted_warm_pods().await?;
+        self.inner.loaded.store(true, Ordering::SeqCst);
+        let image = &self.inner.provisioner.template.image;
+        match self.inner.runtime.image_present(image).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(image = %image, "workload image not found; build it with images/wordpress/build")
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot check the workload image"),
+        }
+        Ok(())
+    }
+
     /// WARM pods found at start must still be really ready: check them all (in parallel);
-    /// one that does not answer is quarantined and replaced.
-    async fn check_adopted_warm_pods(&self) {
-        let Ok(pods) = self.inner.store.list() else {
-            return;
-        };
+    /// one that does not answer is quarantined and replaced — unless the runtime itself stopped
+    /// answering meanwhile, then nothing is decided and the error is returned.
+    async fn check_adopted_warm_pods(&self) -> Result<(), PoolError> {
+        let pods = self.inner.store.list()?;
         let checks = pods
             .into_iter()
             .filter(|p| p.state == PodState::Warm)
@@ -259,11 +330,18 @@ impl WarmPool {
                 let health = self.inner.provisioner.health.clone();
                 Some(async move {
                     let result = health.check(&p.id, &endpoint).await;
-                    drop(busy);
-                    (p.id, result)
+                    (p.id, result, busy)
                 })
             });
-        for (id, result) in futures_util::future::join_all(checks).await {
+        let results = futures_util::future::join_all(checks).await;
+        if results.iter().any(|(_, r, _)| r.is_err()) {
+            if let Err(e) = self.inner.runtime.ping().await {
+                self.runtime_error(&e);
+                return Err(e.into());
+            }
+        }
+        for (id, result, busy) in results {
+            drop(busy);
             if let Err(why) = result {
                 let reason = format!("adopted WARM pod does not answer: {why}");
                 tracing::warn!(pod = %id, reason, "quarantining");
@@ -276,23 +354,57 @@ impl WarmPool {
                 }
             }
         }
+        Ok(())
     }
 
-    /// State loaded and the runtime reachable.
+    /// State loaded and the runtime reachable (asks the runtime, within 2 s).
     pub async fn ready(&self) -> bool {
-        if !self.inner.loaded.load(Ordering::SeqCst) {
-            return false;
-        }
         let ok = matches!(
             tokio::time::timeout(Duration::from_secs(2), self.inner.runtime.ping()).await,
             Ok(Ok(()))
         );
+        self.set_runtime_reachable(ok);
+        ok && self.inner.loaded.load(Ordering::SeqCst)
+    }
+
+    /// Records whether the runtime answers; logs and reacts on changes.
+    fn set_runtime_reachable(&self, ok: bool) {
         let was = self.inner.runtime_ok.swap(ok, Ordering::SeqCst);
         if ok && !was {
-            // The runtime came back: look at everything again now.
+            if self.inner.loaded.load(Ordering::SeqCst) {
+                tracing::info!("container runtime reachable again");
+            }
+            // Look at everything again now.
             self.inner.kick.notify_one();
+        } else if !ok && was {
+            tracing::warn!(
+                "container runtime unreachable: claims answer 503 unavailable until it is back"
+            );
         }
-        ok
+    }
+
+    /// Counts a runtime error; an unreachable runtime also flips the cached flag.
+    fn runtime_error(&self, e: &RuntimeError) {
+        self.inner.metrics.runtime_errors.inc();
+        if matches!(e, RuntimeError::Unreachable(_)) {
+            self.set_runtime_reachable(false);
+        }
+    }
+
+    /// A claim needs the state loaded and the runtime reachable (the cached flag: no call).
+    fn check_available(&self) -> Result<(), PoolError> {
+        let node = &self.inner.cfg.node;
+        if !self.inner.loaded.load(Ordering::SeqCst) {
+            return Err(PoolError::Unavailable(format!(
+                "node {node} is starting: the container runtime is unreachable or its pods are not adopted yet"
+            )));
+        }
+        if !self.inner.runtime_ok.load(Ordering::SeqCst) {
+            return Err(PoolError::Unavailable(format!(
+                "the container runtime of node {node} is unreachable; try another node"
+            )));
+        }
+        Ok(())
     }
 
     pub fn is_draining(&self) -> bool {
@@ -360,6 +472,8 @@ impl WarmPool {
             quarantined: get(PodState::Quarantined),
             max: self.inner.cfg.max_pods,
             draining: self.is_draining(),
+            runtime_reachable: self.inner.loaded.load(Ordering::SeqCst)
+                && self.inner.runtime_ok.load(Ordering::SeqCst),
         })
     }
 
@@ -448,16 +562,7 @@ impl WarmPool {
         let result = self
             .claim_locked(&req.clone_id, &host, req.allow_cold)
             .await;
-        let label = match &result {
-            Ok((_, true)) => "repeat",
-            Ok((r, false)) if r.path == ClaimPath::Cold => "cold",
-            Ok(_) => "warm",
-            Err(PoolError::NoWarmPod(_)) => "no_warm_pod",
-            Err(PoolError::NoCapacity { .. }) => "no_capacity",
-            Err(PoolError::Draining(_)) => "draining",
-            Err(_) => "failed",
-        };
-        self.inner.metrics.count_claim(label);
+        self.inner.metrics.count_claim(claim_result(&result));
         if let Ok((resp, false)) = &result {
             let path = match resp.path {
                 ClaimPath::Warm => "warm",
@@ -468,11 +573,18 @@ impl WarmPool {
                 .observe_claim(path, started.elapsed().as_secs_f64());
         }
         self.refresh_gauges();
-        self.inner.kick.notify_one();
+        // A refused claim while the runtime is away changed nothing: no need to look again.
+        if !matches!(result, Err(PoolError::Unavailable(_))) {
+            self.inner.kick.notify_one();
+        }
         result.map(|(r, _)| r)
     }
 
     /// The claim under the clone's lock; the flag says whether it was a repeat.
+    ///
+    /// Two phases: the claim is saved (pod ASSIGNED, `credentials_applied` false), then the
+    /// clone's site URL and admin password are applied in the pod, then the flag is set. A
+    /// repeat that finds the flag unset (the agent stopped in between) applies them again.
     async fn claim_locked(
         &self,
         clone: &CloneId,
@@ -483,73 +595,62 @@ impl WarmPool {
         for _attempt in 0..3 {
             // A repeat is answered even while draining: it takes nothing new.
             let repeat = inner.store.find_by_clone(clone)?;
-            if repeat.is_none() && self.is_draining() {
-                return Err(PoolError::Draining(inner.cfg.node.clone()));
+            if repeat.is_none() {
+                if self.is_draining() {
+                    return Err(PoolError::Draining(inner.cfg.node.clone()));
+                }
+                // Checked before a pod is taken, so an outage does not use up the pool.
+                self.check_available()?;
             }
-            let password = Secret::generate(PASSWORD_LEN);
+            let fresh = Secret::generate(PASSWORD_LEN);
             let assignment = Assignment {
                 clone,
                 clone_host: host,
                 admin_user: ADMIN_USER,
-                admin_password: &password,
+                admin_password: &fresh,
             };
-            match inner.store.claim(&assignment)? {
-                ClaimOutcome::Existing(rec) => {
-                    return match rec.state {
-                        PodState::Assigned | PodState::Ready => {
-                            Ok((self.response(&rec, ClaimPath::Warm)?, true))
-                        }
-                        PodState::Resetting => Err(PoolError::Conflict(format!(
+            let (rec, is_repeat) = match inner.store.claim(&assignment)? {
+                ClaimOutcome::Existing(rec) => match rec.state {
+                    PodState::Assigned if !rec.credentials_applied => {
+                        tracing::info!(pod = %rec.id, clone = %clone, "claim was saved but not applied; applying it now");
+                        self.check_available()?;
+                        (rec, true)
+                    }
+                    PodState::Assigned | PodState::Ready => {
+                        return Ok((self.response(&rec, ClaimPath::Warm)?, true));
+                    }
+                    PodState::Resetting => {
+                        return Err(PoolError::Conflict(format!(
                             "clone {clone} was released; its pod {} is being reset",
                             rec.id
-                        ))),
-                        PodState::Quarantined => Err(PoolError::Conflict(format!(
+                        )))
+                    }
+                    PodState::Quarantined => {
+                        return Err(PoolError::Conflict(format!(
                             "the pod {} of clone {clone} is QUARANTINED: {}",
                             rec.id,
                             rec.reason.unwrap_or_default()
-                        ))),
-                        PodState::Starting | PodState::Warm => Err(PoolError::Conflict(format!(
+                        )))
+                    }
+                    PodState::Starting | PodState::Warm => {
+                        return Err(PoolError::Conflict(format!(
                             "the pod {} of clone {clone} is still {}",
                             rec.id, rec.state
-                        ))),
-                    };
-                }
-                ClaimOutcome::Claimed(rec) => {
-                    let _busy = self.busy(&rec.id);
-                    let site = format!("http://{host}");
-                    match inner.commands.apply_claim(&rec.id, &site, &password).await {
-                        Ok(()) => {
-                            tracing::info!(pod = %rec.id, clone = %clone, "claimed (warm)");
-                            return Ok((self.response(&rec, ClaimPath::Warm)?, false));
-                        }
-                        Err(e) => {
-                            tracing::warn!(pod = %rec.id, error = %e, "claimed pod did not take the clone's settings");
-                            if e.runtime_error().is_some() {
-                                inner.metrics.runtime_errors.inc();
-                            }
-                            inner.store.quarantine(
-                                &rec.id,
-                                &[PodState::Assigned],
-                                &format!("claim failed: {e}"),
-                                false,
-                            )?;
-                            drop(_busy);
-                            self.spawn_destroy(rec.id.clone(), "quarantined at claim");
-                            if e.is_runtime_unreachable() {
-                                return Err(PoolError::Unavailable(format!(
-                                    "container runtime unreachable: {e}"
-                                )));
-                            }
-                            continue;
-                        }
+                        )))
                     }
-                }
+                },
+                ClaimOutcome::Claimed(rec) => (rec, false),
                 ClaimOutcome::NoWarmPod => {
                     if !allow_cold {
                         return Err(PoolError::NoWarmPod(inner.cfg.node.clone()));
                     }
                     return self.claim_cold(clone, host).await.map(|r| (r, false));
                 }
+            };
+            match self.apply_claim(&rec, clone).await? {
+                Some(resp) => return Ok((resp, is_repeat)),
+                // That pod refused the settings and was quarantined: try another.
+                None => continue,
             }
         }
         Err(PoolError::Failed(format!(
@@ -557,7 +658,80 @@ impl WarmPool {
         )))
     }
 
-    /// The cold path: a pod created on the spot for one clone, if the node has room.
+    /// Second phase of a warm claim: the saved site URL and password go into the pod, then the
+    /// claim is marked applied. `None` when the pod refused them (it is quarantined and the
+    /// clone lets go of it). When the runtime is unreachable the pod is reset later instead
+    /// (its settings may be half applied), the clone lets go of it, and the answer is
+    /// `Unavailable`.
+    async fn apply_claim(
+        &self,
+        rec: &PodRecord,
+        clone: &CloneId,
+    ) -> Result<Option<ClaimResponse>, PoolError> {
+        let inner = &self.inner;
+        let (Some(host), Some(password)) = (rec.clone_host.as_deref(), rec.admin_password.as_ref())
+        else {
+            return Err(PoolError::Failed(format!(
+                "pod {} is assigned but its record is incomplete",
+                rec.id
+            )));
+        };
+        let _busy = self.busy(&rec.id);
+        let site = format!("http://{host}");
+        match inner.commands.apply_claim(&rec.id, &site, password).await {
+            Ok(()) => {
+                let Some(applied) = inner.store.mark_credentials_applied(&rec.id, clone)? else {
+                    return Err(PoolError::Conflict(format!(
+                        "pod {} let go of clone {clone} while its claim was applied",
+                        rec.id
+                    )));
+                };
+                if !matches!(applied.state, PodState::Assigned | PodState::Ready) {
+                    return Err(PoolError::Conflict(format!(
+                        "the pod {} of clone {clone} is {}: {}",
+                        applied.id,
+                        applied.state,
+                        applied.reason.clone().unwrap_or_default()
+                    )));
+                }
+                tracing::info!(pod = %rec.id, clone = %clone, "claimed (warm)");
+                Ok(Some(self.response(&applied, ClaimPath::Warm)?))
+            }
+            Err(e) if e.is_runtime_unreachable() => {
+                if let Some(re) = e.runtime_error() {
+                    self.runtime_error(re);
+                }
+                tracing::warn!(pod = %rec.id, clone = %clone, error = %e, "claim interrupted: container runtime unreachable; the pod is reset when it is back");
+                inner.store.abort_claim(
+                    &rec.id,
+                    &format!(
+                        "claim of clone {clone} interrupted (container runtime unreachable); reset when the runtime is back"
+                    ),
+                )?;
+                Err(PoolError::Unavailable(format!(
+                    "container runtime unreachable: {e}"
+                )))
+            }
+            Err(e) => {
+                tracing::warn!(pod = %rec.id, error = %e, "claimed pod did not take the clone's settings");
+                if let Some(re) = e.runtime_error() {
+                    self.runtime_error(re);
+                }
+                inner.store.quarantine(
+                    &rec.id,
+                    &[PodState::Assigned],
+                    &format!("claim failed: {e}"),
+                    false,
+                )?;
+                drop(_busy);
+                self.spawn_destroy(rec.id.clone(), "quarantined at claim");
+                Ok(None)
+            }
+        }
+    }
+
+    /// The cold path: a pod created on the spot for one clone, if the node has room. It takes a
+    /// creation slot (`create_parallelism`) like the pool's creations, ahead of those waiting.
     async fn claim_cold(&self, clone: &CloneId, host: &str) -> Result<ClaimResponse, PoolError> {
         let inner = &self.inner;
         let id = new_pod_id();
@@ -572,11 +746,22 @@ impl WarmPool {
             });
         }
         let _inflight = self.inflight();
+        let Some(_slot) = self.cold_creation_slot().await else {
+            let _ = inner
+                .store
+                .delete(&id, &[PodState::Starting], "not created: agent stopping");
+            return Err(PoolError::Draining(inner.cfg.node.clone()));
+        };
+        let started = Instant::now();
         let provisioned = match inner.provisioner.provision(&id).await {
             Ok(p) => p,
             Err(e) => {
-                if e.is_runtime_unreachable() {
+                let unreachable = e.is_runtime_unreachable();
+                if unreachable || matches!(e, crate::provision::ProvisionError::Runtime(_)) {
                     inner.metrics.runtime_errors.inc();
+                }
+                if unreachable {
+                    self.set_runtime_reachable(false);
                 }
                 inner.store.quarantine(
                     &id,
@@ -586,23 +771,37 @@ impl WarmPool {
                 )?;
                 drop(busy);
                 self.spawn_destroy(id, "cold provisioning failed");
-                return Err(PoolError::Failed(format!(
-                    "creating a pod for clone {clone} failed: {e}"
-                )));
+                return Err(if unreachable {
+                    PoolError::Unavailable(format!("container runtime unreachable: {e}"))
+                } else {
+                    PoolError::Failed(format!("creating a pod for clone {clone} failed: {e}"))
+                });
             }
         };
+        inner
+            .metrics
+            .provision_duration
+            .observe(started.elapsed().as_secs_f64());
         let password = Secret::generate(PASSWORD_LEN);
         let site = format!("http://{host}");
         if let Err(e) = inner.commands.apply_claim(&id, &site, &password).await {
+            if let Some(re) = e.runtime_error() {
+                self.runtime_error(re);
+            }
             inner
                 .store
                 .quarantine(&id, &[], &format!("claim failed: {e}"), false)?;
             drop(busy);
             self.spawn_destroy(id, "quarantined at claim");
-            return Err(PoolError::Failed(format!(
-                "the new pod did not take the settings of clone {clone}: {e}"
-            )));
+            return Err(if e.is_runtime_unreachable() {
+                PoolError::Unavailable(format!("container runtime unreachable: {e}"))
+            } else {
+                PoolError::Failed(format!(
+                    "the new pod did not take the settings of clone {clone}: {e}"
+                ))
+            });
         }
+        // Applied before it is saved: a cold claim is stored with its settings in place.
         let assignment = Assignment {
             clone,
             clone_host: host,
@@ -617,6 +816,49 @@ impl WarmPool {
         )?;
         tracing::info!(pod = %id, clone = %clone, "claimed (cold)");
         self.response(&rec, ClaimPath::Cold)
+    }
+
+    /// A creation slot for a cold claim (a client waits on it): pool creations that have not
+    /// started yet let it go first. `None` when the agent stops.
+    async fn cold_creation_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let inner = &self.inner;
+        inner.cold_waiting.fetch_add(1, Ordering::SeqCst);
+        let slot = tokio::select! {
+            slot = inner.create_slots.clone().acquire_owned() => slot.ok(),
+            _ = inner.cancel.cancelled() => None,
+        };
+        if inner.cold_waiting.fetch_sub(1, Ordering::SeqCst) == 1 {
+            inner.cold_done.notify_waiters();
+        }
+        slot
+    }
+
+    /// A creation slot for a pool pod, once no cold claim waits for one. `None` when the agent
+    /// stops.
+    async fn pool_creation_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        let inner = &self.inner;
+        loop {
+            while inner.cold_waiting.load(Ordering::SeqCst) > 0 {
+                let done = inner.cold_done.notified();
+                if inner.cold_waiting.load(Ordering::SeqCst) == 0 {
+                    break;
+                }
+                tokio::select! {
+                    _ = done => {}
+                    _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+                    _ = inner.cancel.cancelled() => return None,
+                }
+            }
+            let slot = tokio::select! {
+                slot = inner.create_slots.clone().acquire_owned() => slot.ok()?,
+                _ = inner.cancel.cancelled() => return None,
+            };
+            if inner.cold_waiting.load(Ordering::SeqCst) == 0 {
+                return Some(slot);
+            }
+            // A cold claim queued meanwhile: hand the slot on (the semaphore is FIFO).
+            drop(slot);
+        }
     }
 
     /// The clone's import is done: ASSIGNED → READY.
@@ -645,7 +887,12 @@ impl WarmPool {
             .inner
             .store
             .find_by_clone(clone)?
-            .ok_or_else(|| PoolError::NotFound(format!("no pod holds clone {clone}")))?;
+            .ok_or_else(|| {
+                PoolError::NotFound(format!(
+                    "no pod holds clone {clone} on node {} (never claimed here, already released, or its lost pod was removed)",
+                    self.node()
+                ))
+            })?;
         let state = match rec.state {
             PodState::Assigned | PodState::Ready => {
                 let busy = self.busy(&rec.id);
@@ -701,9 +948,34 @@ impl WarmPool {
                 )))
             }
             PodState::Resetting => &[PodState::Resetting],
-            state => {
+            PodState::Quarantined if force => {
+                // Nothing to reset: remove it now (a lost one would otherwise wait for its
+                // clone's release or the grace period); the pool creates a replacement.
+                let why = match &rec.clone_id {
+                    Some(clone) if rec.lost => format!(
+                        "lost pod of clone {clone} removed by the operator (reset --force)"
+                    ),
+                    _ => "quarantined pod removed by the operator (reset --force)".to_string(),
+                };
+                tracing::info!(pod = %id, why, "removing pod");
+                let summary = rec.summary(self.node());
+                let pool = self.clone();
+                let id = id.clone();
+                self.spawn_tracked(async move {
+                    pool.destroy_now(&id, &why).await;
+                    drop(busy);
+                });
+                return Ok(summary);
+            }
+            PodState::Quarantined => {
                 return Err(PoolError::Conflict(format!(
-                    "pod {id} is {state}; only WARM, ASSIGNED, READY or RESETTING pods can be reset"
+                    "pod {id} is QUARANTINED ({}); remove it now with --force (the pool creates a replacement)",
+                    rec.reason.unwrap_or_default()
+                )))
+            }
+            PodState::Starting => {
+                return Err(PoolError::Conflict(format!(
+                    "pod {id} is STARTING; only WARM, ASSIGNED, READY or RESETTING pods can be reset (QUARANTINED ones removed with --force)"
                 )))
             }
         };
@@ -827,7 +1099,7 @@ impl WarmPool {
                 tracing::info!(pod = %id, why, "pod destroyed");
             }
             Err(e) => {
-                self.inner.metrics.runtime_errors.inc();
+                self.runtime_error(&e);
                 tracing::warn!(pod = %id, error = %e, "removing pod failed; retrying later");
             }
         }
@@ -894,6 +1166,7 @@ impl WarmPool {
             }
             Err(e) if e.is_runtime_unreachable() => {
                 inner.metrics.runtime_errors.inc();
+                self.set_runtime_reachable(false);
                 inner.metrics.observe_reset(method, secs, "failed");
                 tracing::warn!(pod = %id, error = %e, "reset interrupted: runtime unreachable; retrying later");
                 let _ = inner
@@ -926,10 +1199,7 @@ impl WarmPool {
         let pool = self.clone();
         self.spawn_tracked(async move {
             let _busy = busy;
-            let _slot = tokio::select! {
-                slot = pool.inner.create_slots.clone().acquire_owned() => slot.ok(),
-                _ = pool.inner.cancel.cancelled() => None,
-            };
+            let _slot = pool.pool_creation_slot().await;
             if pool.inner.stopping.load(Ordering::SeqCst) {
                 // Not started: forget it (nothing exists in the runtime yet).
                 let _ = pool.inner.store.delete(
@@ -963,6 +1233,9 @@ impl WarmPool {
                     {
                         pool.inner.metrics.runtime_errors.inc();
                     }
+                    if e.is_runtime_unreachable() {
+                        pool.set_runtime_reachable(false);
+                    }
                     tracing::warn!(pod = %id, error = %e, "provisioning failed");
                     let _ = pool.inner.store.quarantine(
                         &id,
@@ -988,10 +1261,19 @@ impl WarmPool {
 
     async fn reconcile_loop(&self) {
         loop {
+            // While the runtime is away, look (ping) every second so claims resume quickly.
+            let interval = if self.inner.runtime_ok.load(Ordering::SeqCst) {
+                self.inner.cfg.reconcile_interval
+            } else {
+                self.inner
+                    .cfg
+                    .reconcile_interval
+                    .min(Duration::from_secs(1))
+            };
             tokio::select! {
                 _ = self.inner.cancel.cancelled() => return,
                 _ = self.inner.kick.notified() => {}
-                _ = tokio::time::sleep(self.inner.cfg.reconcile_interval) => {}
+                _ = tokio::time::sleep(interval) => {}
             }
             if let Err(e) = self.reconcile_once().await {
                 tracing::warn!(error = %e, "reconcile pass failed");
@@ -1007,11 +1289,10 @@ impl WarmPool {
             return Ok(());
         }
         if let Err(e) = inner.runtime.ping().await {
-            inner.runtime_ok.store(false, Ordering::SeqCst);
-            inner.metrics.runtime_errors.inc();
+            self.runtime_error(&e);
             return Err(e.into());
         }
-        inner.runtime_ok.store(true, Ordering::SeqCst);
+        self.set_runtime_reachable(true);
         // The store first, then the runtime: a row unchanged since its snapshot is then older
         // than what the runtime shows for it.
         let rows = inner.store.list()?;
@@ -1019,7 +1300,7 @@ impl WarmPool {
             match inner.runtime.list_pods(&inner.cfg.node).await {
                 Ok(pods) => pods.into_iter().map(|p| (p.pod_id.clone(), p)).collect(),
                 Err(e) => {
-                    inner.metrics.runtime_errors.inc();
+                    self.runtime_error(&e);
                     return Err(e.into());
                 }
             };
@@ -1078,6 +1359,20 @@ impl WarmPool {
                     let why = rec.reason.clone().unwrap_or_else(|| "quarantined".into());
                     self.spawn_destroy(rec.id.clone(), &why);
                 }
+                PodState::Quarantined if self.lost_grace_over(&rec) => {
+                    // Nobody released it in time: stop holding a slot for it.
+                    drop(busy);
+                    let why = format!(
+                        "lost pod of clone {} removed after the grace period ({} s) without a release",
+                        rec.clone_id
+                            .as_ref()
+                            .map(|c| c.to_string())
+                            .unwrap_or_else(|| "?".into()),
+                        inner.cfg.lost_pod_grace.as_secs()
+                    );
+                    tracing::warn!(pod = %rec.id, why, "removing lost pod");
+                    self.spawn_destroy(rec.id.clone(), &why);
+                }
                 _ => {}
             }
         }
@@ -1100,7 +1395,7 @@ impl WarmPool {
             let id = id.clone();
             self.spawn_tracked(async move {
                 if let Err(e) = pool.inner.runtime.remove_pod(&id).await {
-                    pool.inner.metrics.runtime_errors.inc();
+                    pool.runtime_error(&e);
                     tracing::warn!(pod = %id, error = %e, "removing orphan failed");
                 }
                 drop(busy);
@@ -1160,6 +1455,19 @@ impl WarmPool {
         Ok(())
     }
 
+    /// Whether a lost pod has been lost for longer than `lost_pod_grace`.
+    fn lost_grace_over(&self, rec: &PodRecord) -> bool {
+        use time::format_description::well_known::Rfc3339;
+        match time::OffsetDateTime::parse(&rec.since, &Rfc3339) {
+            Ok(since) => {
+                let age = time::OffsetDateTime::now_utc() - since;
+                age >= self.inner.cfg.lost_pod_grace
+            }
+            // Never written by this agent; do not keep it forever.
+            Err(_) => true,
+        }
+    }
+
     /// A pod that served a clone lost a container: keep it visible, QUARANTINED and lost.
     fn report_lost(&self, id: &PodId, why: &str) -> Result<(), PoolError> {
         if let Some(rec) =
@@ -1200,7 +1508,7 @@ impl WarmPool {
                         match next {
                             Some(Ok(event)) => self.on_event(event),
                             Some(Err(e)) => {
-                                self.inner.metrics.runtime_errors.inc();
+                                self.runtime_error(&e);
                                 tracing::warn!(error = %e, "runtime event stream failed; resubscribing");
                                 break;
                             }
@@ -1212,7 +1520,7 @@ impl WarmPool {
                     }
                 }
                 Err(e) => {
-                    self.inner.metrics.runtime_errors.inc();
+                    self.runtime_error(&e);
                     tracing::debug!(error = %e, "cannot subscribe to runtime events");
                 }
             }
@@ -1276,6 +1584,44 @@ impl WarmPool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_claim_outcome_is_counted_under_a_documented_result() {
+        let node: NodeName = "n".parse().unwrap();
+        let resp = |path| ClaimResponse {
+            pod_id: "cp-1".parse().unwrap(),
+            node: node.clone(),
+            clone_id: "c".parse().unwrap(),
+            endpoint: "http://x".into(),
+            credentials: PodCredentials {
+                admin_username: "admin".into(),
+                admin_password: "pw".into(),
+            },
+            path,
+        };
+        let outcomes: Vec<Result<(ClaimResponse, bool), PoolError>> = vec![
+            Ok((resp(ClaimPath::Warm), false)),
+            Ok((resp(ClaimPath::Cold), false)),
+            Ok((resp(ClaimPath::Warm), true)),
+            Err(PoolError::NoWarmPod(node.clone())),
+            Err(PoolError::NoCapacity {
+                node: node.clone(),
+                max: 1,
+            }),
+            Err(PoolError::Draining(node.clone())),
+            Err(PoolError::Unavailable("x".into())),
+            Err(PoolError::Runtime(RuntimeError::Unreachable("x".into()))),
+            Err(PoolError::Conflict("x".into())),
+            Err(PoolError::Failed("x".into())),
+        ];
+        let labels: Vec<&str> = outcomes.iter().map(claim_result).collect();
+        for label in &labels {
+            assert!(crate::metrics::CLAIM_RESULTS.contains(label), "{label}");
+        }
+        for result in crate::metrics::CLAIM_RESULTS {
+            assert!(labels.contains(&result), "{result} never produced");
+        }
+    }
 
     #[test]
     fn clone_hosts_are_checked() {

@@ -20,7 +20,8 @@ pub const EVENT_LOG_CAPACITY: i64 = 1000;
 /// The prefix of `reason` for a pod whose clone lost it (a container died while it served).
 pub const LOST_PREFIX: &str = "lost: ";
 
-const SCHEMA_VERSION: i64 = 1;
+/// 2: `pods.credentials_applied` (two-phase claims).
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS pods (
@@ -38,7 +39,8 @@ CREATE TABLE IF NOT EXISTS pods (
     reserved_for    TEXT,
     fingerprint     TEXT,
     claim_path      TEXT,
-    created_at      TEXT NOT NULL
+    created_at      TEXT NOT NULL,
+    credentials_applied INTEGER NOT NULL DEFAULT 1
 );
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -111,6 +113,10 @@ pub struct PodRecord {
     pub created_at: String,
     /// How the current claim was served.
     pub claim_path: Option<ClaimPath>,
+    /// The claim's site URL and admin password are in the pod. A claim is saved first (with
+    /// this false) and applied second; a repeated claim that finds it false applies them again
+    /// before answering (the agent stopped in between).
+    pub credentials_applied: bool,
 }
 
 impl PodRecord {
@@ -176,9 +182,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const POD_COLUMNS: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, fingerprint, created_at, claim_path";
+const POD_COLUMNS: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, fingerprint, created_at, claim_path, credentials_applied";
 /// The same without the (large) fingerprint, for listings.
-const POD_COLUMNS_LIST: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, NULL, created_at, claim_path";
+const POD_COLUMNS_LIST: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, NULL, created_at, claim_path, credentials_applied";
 
 /// Creates `dir` (mode 0700) when missing.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
@@ -238,6 +244,21 @@ impl Store {
             });
         }
         conn.execute_batch(SCHEMA).map_err(unreadable)?;
+        // Schema 1 → 2: claims saved by an older agent were applied before it answered them.
+        let has_applied: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('pods') WHERE name = 'credentials_applied'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(unreadable)?
+            > 0;
+        if !has_applied {
+            conn.execute_batch(
+                "ALTER TABLE pods ADD COLUMN credentials_applied INTEGER NOT NULL DEFAULT 1",
+            )
+            .map_err(unreadable)?;
+        }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(unreadable)?;
         for file in ["-wal", "-shm"] {
@@ -325,6 +346,7 @@ impl Store {
                 Some(_) => Some(ClaimPath::Warm),
                 None => None,
             },
+            credentials_applied: row.get::<_, i64>(15)? != 0,
         }))
     }
 
@@ -536,22 +558,25 @@ impl Store {
                 pod: id.clone(),
                 detail: format!("{e}"),
             })?;
-            self.assign_in(tx, &id, a, ClaimPath::Warm)?;
+            self.assign_in(tx, &id, a, ClaimPath::Warm, false)?;
             self.event_in(tx, Some(&id), "claimed", &format!("assigned to clone {clone} (warm)"))?;
             Ok(ClaimOutcome::Claimed(self.must_get(tx, &id)?))
         })
     }
 
+    /// Writes the claim. `applied`: the settings are already in the pod (cold path).
     fn assign_in(
         &self,
         tx: &Connection,
         id: &PodId,
         a: &Assignment<'_>,
         path: ClaimPath,
+        applied: bool,
     ) -> Result<(), StoreError> {
         tx.execute(
             "UPDATE pods SET state = ?2, since = ?3, reason = NULL, clone_id = ?4, clone_host = ?5,
-                 admin_user = ?6, admin_password = ?7, reserved_for = NULL, claim_path = ?8
+                 admin_user = ?6, admin_password = ?7, reserved_for = NULL, claim_path = ?8,
+                 credentials_applied = ?9
              WHERE id = ?1",
             params![
                 id.as_str(),
@@ -564,7 +589,8 @@ impl Store {
                 match path {
                     ClaimPath::Warm => "warm",
                     ClaimPath::Cold => "cold",
-                }
+                },
+                applied as i64
             ],
         )
         .map_err(|e| self.sql(e))?;
@@ -594,7 +620,7 @@ impl Store {
                 params![id.as_str(), endpoint, fingerprint],
             )
             .map_err(|e| self.sql(e))?;
-            self.assign_in(tx, id, a, ClaimPath::Cold)?;
+            self.assign_in(tx, id, a, ClaimPath::Cold, true)?;
             self.event_in(
                 tx,
                 Some(id),
@@ -629,6 +655,53 @@ impl Store {
                     expected: "ASSIGNED".into(),
                 }),
             }
+        })
+    }
+
+    /// The claim of `clone` on pod `id` is in the pod now (second phase of a warm claim).
+    /// Returns the record, or `None` when the pod no longer holds that clone.
+    pub fn mark_credentials_applied(
+        &self,
+        id: &PodId,
+        clone: &CloneId,
+    ) -> Result<Option<PodRecord>, StoreError> {
+        self.with_tx(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE pods SET credentials_applied = 1 WHERE id = ?1 AND clone_id = ?2",
+                    params![id.as_str(), clone.as_str()],
+                )
+                .map_err(|e| self.sql(e))?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            self.get_in(tx, id)
+        })
+    }
+
+    /// A claim that could not be applied because the runtime went away: ASSIGNED → RESETTING,
+    /// and the clone lets go of the pod (so it can claim again). The pod's settings may be half
+    /// applied, so it is reset before it is WARM again. Does not count a reset attempt.
+    pub fn abort_claim(&self, id: &PodId, message: &str) -> Result<PodRecord, StoreError> {
+        self.with_tx(|tx| {
+            let pod = self.must_get(tx, id)?;
+            if pod.state != PodState::Assigned {
+                return Err(StoreError::WrongState {
+                    pod: id.clone(),
+                    state: pod.state,
+                    expected: "ASSIGNED".into(),
+                });
+            }
+            tx.execute(
+                "UPDATE pods SET state = ?2, since = ?3, reason = NULL, clone_id = NULL,
+                     clone_host = NULL, admin_password = NULL, claim_path = NULL,
+                     credentials_applied = 1
+                 WHERE id = ?1",
+                params![id.as_str(), PodState::Resetting.as_str(), now_rfc3339()],
+            )
+            .map_err(|e| self.sql(e))?;
+            self.event_in(tx, Some(id), "resetting", message)?;
+            self.must_get(tx, id)
         })
     }
 
@@ -905,6 +978,97 @@ mod tests {
             .permissions()
             .mode();
         assert_eq!(mode & 0o077, 0, "mode {mode:o}");
+    }
+
+    fn warm_pod(s: &Store, n: u32) {
+        s.insert_starting(&pod(n)).unwrap();
+        s.mark_warm(&pod(n), "http://10.0.0.1:80", Some("{}"), "ok")
+            .unwrap();
+    }
+
+    fn claim_for(s: &Store, c: &str, pw: &str) -> PodRecord {
+        match s
+            .claim(&Assignment {
+                clone: &clone(c),
+                clone_host: "c.test",
+                admin_user: "admin",
+                admin_password: &Secret::new(pw),
+            })
+            .unwrap()
+        {
+            ClaimOutcome::Claimed(rec) | ClaimOutcome::Existing(rec) => rec,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_warm_claim_is_saved_unapplied_until_marked_and_the_flag_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sqlite");
+        {
+            let s = Store::open(&path).unwrap();
+            warm_pod(&s, 1);
+            let rec = claim_for(&s, "a", "pw");
+            assert!(!rec.credentials_applied);
+        }
+        let s = Store::open(&path).unwrap();
+        let rec = s.find_by_clone(&clone("a")).unwrap().unwrap();
+        assert!(!rec.credentials_applied, "still unapplied after a restart");
+        assert_eq!(rec.admin_password, Some(Secret::new("pw")));
+        assert_eq!(
+            s.mark_credentials_applied(&pod(1), &clone("other"))
+                .unwrap(),
+            None,
+            "only for the clone that holds the pod"
+        );
+        let rec = s
+            .mark_credentials_applied(&pod(1), &clone("a"))
+            .unwrap()
+            .unwrap();
+        assert!(rec.credentials_applied);
+    }
+
+    #[test]
+    fn an_aborted_claim_resets_the_pod_and_frees_the_clone() {
+        let (_d, s) = open();
+        warm_pod(&s, 1);
+        claim_for(&s, "a", "pw");
+        let rec = s.abort_claim(&pod(1), "runtime unreachable").unwrap();
+        assert_eq!(rec.state, PodState::Resetting);
+        assert_eq!((rec.clone_id, rec.admin_password), (None, None));
+        assert_eq!(rec.reset_attempts, 0, "not counted as a failed reset");
+        assert!(s.find_by_clone(&clone("a")).unwrap().is_none());
+        assert!(matches!(
+            s.abort_claim(&pod(1), "again"),
+            Err(StoreError::WrongState { .. })
+        ));
+    }
+
+    #[test]
+    fn a_schema_1_state_file_is_upgraded_and_its_claims_count_as_applied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            let v1 = SCHEMA.replace(",\n    credentials_applied INTEGER NOT NULL DEFAULT 1", "");
+            assert!(!v1.contains("credentials_applied"));
+            conn.execute_batch(&v1).unwrap();
+            conn.execute_batch(
+                "PRAGMA user_version = 1;
+                 INSERT INTO pods (id, state, clone_id, clone_host, admin_user, admin_password,
+                     endpoint, since, created_at, claim_path)
+                 VALUES ('cp-0001', 'READY', 'old', 'old.test', 'admin', 'pw', 'http://x',
+                     '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'warm');",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        let rec = s.get(&pod(1)).unwrap().unwrap();
+        assert!(rec.credentials_applied);
+        assert_eq!(rec.state, PodState::Ready);
+        drop(s);
+        let s = Store::open(&path).unwrap();
+        assert!(s.get(&pod(1)).unwrap().unwrap().credentials_applied);
     }
 
     #[test]

@@ -470,3 +470,294 @@ async fn capacity_is_pushed_to_the_coordinator_with_the_agent_token() {
     assert_eq!(cap.node, NODE);
     agent.shutdown(Duration::from_secs(5)).await;
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Kills the agent process if a test fails before it stopped it.
+struct ChildGuard(std::process::Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn the_agent_binary_answers_livez_and_not_readyz_while_docker_is_unreachable() {
+    let dir = tempfile::tempdir().unwrap();
+    let (api_port, admin_port) = (free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_clonepool-agent"))
+        .env("CLONEPOOL_DATA_DIR", dir.path())
+        .env("CLONEPOOL_NODE", "test-no-docker")
+        .env(
+            "CLONEPOOL_DOCKER_SOCKET",
+            dir.path().join("no-docker-here.sock"),
+        )
+        .env("CLONEPOOL_API_LISTEN", format!("127.0.0.1:{api_port}"))
+        .env("CLONEPOOL_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+        .env("CLONEPOOL_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("clonepool-agent starts");
+    let mut child = ChildGuard(child);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if let Ok(r) = http.get(format!("{admin}/livez")).send().await {
+            assert_eq!(r.status(), 200);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "/livez never answered while Docker was unreachable"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let readyz = http.get(format!("{admin}/readyz")).send().await.unwrap();
+    assert_eq!(readyz.status(), 503);
+    // The API answers too: claims get 503 unavailable, capacity says the engine is unreachable.
+    let token = std::fs::read_to_string(dir.path().join("token")).unwrap();
+    let api = format!("http://127.0.0.1:{api_port}");
+    let (status, body) = error_of(
+        http.post(format!("{api}/v1/claim"))
+            .bearer_auth(token.trim())
+            .json(&serde_json::json!({"clone_id": "early", "clone_host": "early.localhost"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.error.code.as_str()), (503, "unavailable"));
+    let cap: Capacity = http
+        .get(format!("{api}/v1/capacity"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!cap.runtime_reachable, "{cap:?}");
+    // SIGTERM still ends it cleanly.
+    let pid = child.0.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let status = tokio::task::spawn_blocking(move || {
+        let status = child.0.wait().unwrap();
+        (status, child)
+    })
+    .await
+    .unwrap()
+    .0;
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_claims_help_text_lists_every_result_the_agent_counts() {
+    let (dir, fake) = setup();
+    let agent = start_agent(&fake, dir.path(), &["--warm-target", "0"]).await;
+    let text = reqwest::get(format!("http://{}/metrics", agent.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let help = text
+        .lines()
+        .find(|l| l.starts_with("# HELP clonepool_agent_claims "))
+        .unwrap_or_else(|| panic!("no HELP line for claims: {text}"));
+    for result in clonepool_agent::metrics::CLAIM_RESULTS {
+        assert!(help.contains(result), "{result} missing from {help}");
+        // Every result has a series from the start (zeros, not gaps).
+        assert!(
+            text.contains(&format!(
+                "clonepool_agent_claims_total{{result=\"{result}\"}} 0"
+            )),
+            "{result}: {text}"
+        );
+    }
+    for result in [
+        "warm",
+        "cold",
+        "repeat",
+        "no_warm_pod",
+        "no_capacity",
+        "draining",
+        "unavailable",
+        "failed",
+    ] {
+        assert!(help.contains(result), "{result} missing from {help}");
+    }
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_debug_socket_force_reset_removes_a_lost_pod_and_its_release_answers_not_found() {
+    use clonepool_common::pod::ContainerRole;
+    let (dir, fake) = setup();
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "1", "--max-pods", "2"],
+    )
+    .await;
+    wait_for("1 WARM pod", WAIT, || warm_count(&agent) == 1).await;
+    let base = format!("http://{}", agent.api_addr);
+    let http = reqwest::Client::new();
+    let token = agent.token.expose().to_string();
+    let claimed: ClaimResponse = http
+        .post(format!("{base}/v1/claim"))
+        .bearer_auth(&token)
+        .json(&serde_json::json!({"clone_id": "lostone", "clone_host": "lostone.localhost"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(fake.kill_container(&claimed.pod_id, ContainerRole::Web, 137));
+    wait_for("the pod lost", WAIT, || {
+        agent
+            .pool
+            .pod(&claimed.pod_id)
+            .is_ok_and(|p| p.state == PodState::Quarantined)
+    })
+    .await;
+
+    // clonepoolctl reset --force, as the CLI runs it.
+    let ctl = env!("CARGO_BIN_EXE_clonepoolctl");
+    let data_dir = dir.path().to_path_buf();
+    let pod = claimed.pod_id.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(ctl)
+            .args(["reset", "--force", &pod])
+            .env("CLONEPOOL_DATA_DIR", &data_dir)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("removed"), "{text}");
+    wait_for("the lost pod gone", WAIT, || {
+        agent.pool.pod(&claimed.pod_id).is_err() && !fake.pod_ids().contains(&claimed.pod_id)
+    })
+    .await;
+    let (status, body) = error_of(
+        http.post(format!("{base}/v1/release"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"clone_id": "lostone"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.error.code.as_str()), (404, "not_found"));
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_agent_whose_runtime_connects_late_answers_livez_at_once_and_becomes_ready_when_connected(
+) {
+    use clonepool_agent::connecting_runtime::ConnectingRuntime;
+    use clonepool_agent::runtime::{ContainerRuntime, RuntimeError};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (dir, fake) = setup();
+    let up = Arc::new(AtomicBool::new(false));
+    let (f, u) = (fake.clone(), up.clone());
+    let runtime = ConnectingRuntime::new(Box::new(move || {
+        let (f, u) = (f.clone(), u.clone());
+        Box::pin(async move {
+            if u.load(Ordering::SeqCst) {
+                Ok(Arc::new(f) as Arc<dyn ContainerRuntime>)
+            } else {
+                Err(RuntimeError::Unreachable(
+                    "connection refused (test)".into(),
+                ))
+            }
+        })
+    }));
+    let agent = clonepool_agent::app::start(
+        config(dir.path(), &[]),
+        Arc::new(runtime),
+        Arc::new(StubProbe::default()),
+    )
+    .await
+    .expect("the agent starts without its runtime");
+    let http = reqwest::Client::new();
+    let admin = format!("http://{}", agent.admin_addr);
+    let base = format!("http://{}", agent.api_addr);
+    let token = agent.token.expose().to_string();
+    let get = |path: &str| http.get(format!("{admin}{path}")).send();
+    assert_eq!(get("/livez").await.unwrap().status(), 200);
+    assert_eq!(get("/readyz").await.unwrap().status(), 503);
+    let claim = serde_json::json!({"clone_id": "late", "clone_host": "late.localhost"});
+    let (status, body) = error_of(
+        http.post(format!("{base}/v1/claim"))
+            .bearer_auth(&token)
+            .json(&claim)
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!((status, body.error.code.as_str()), (503, "unavailable"));
+    let cap: Capacity = http
+        .get(format!("{base}/v1/capacity"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(!cap.runtime_reachable);
+    assert!(fake.calls().is_empty(), "nothing reached the runtime");
+
+    up.store(true, Ordering::SeqCst);
+    let deadline = std::time::Instant::now() + WAIT;
+    while get("/readyz").await.unwrap().status() != 200 {
+        assert!(std::time::Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+    let resp = http
+        .post(format!("{base}/v1/claim"))
+        .bearer_auth(&token)
+        .json(&claim)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[test]
+fn a_capacity_from_an_agent_without_runtime_reachable_reads_as_reachable() {
+    let cap: Capacity = serde_json::from_str(
+        r#"{"node":"n","starting":0,"warm":1,"assigned":0,"ready":0,"resetting":0,"quarantined":0,"max":2}"#,
+    )
+    .unwrap();
+    assert!(cap.runtime_reachable);
+    assert!(Capacity::default().runtime_reachable);
+}

@@ -582,8 +582,404 @@ async fn an_unreachable_runtime_at_start_fills_the_pool_once_it_answers() {
         0,
         "nothing started blind"
     );
+    match agent.pool.claim(&claim_req("tooearly")).await {
+        Err(PoolError::Unavailable(_)) => {}
+        other => panic!("no claims before the pods are adopted: {other:?}"),
+    }
     fake.set_reachable(true);
-    assert!(agent.pool.ready().await);
+    let deadline = std::time::Instant::now() + WAIT;
+    while !agent.pool.ready().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ready after the runtime came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(agent.pool.capacity().unwrap().runtime_reachable);
     wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A probe that makes the runtime unreachable at its first check (the engine goes away while
+/// the adopted pods are being checked) and fails that check.
+struct EngineVanishesAtFirstCheck {
+    fake: FakeRuntime,
+    fired: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl clonepool_agent::provision::SiteProbe for EngineVanishesAtFirstCheck {
+    async fn check(&self, endpoint: &str) -> Result<(), String> {
+        if !self.fired.swap(true, Ordering::SeqCst) {
+            self.fake.set_reachable(false);
+            return Err(format!("GET {endpoint}/: connection refused (engine gone)"));
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn adopted_warm_pods_are_kept_when_the_runtime_vanishes_during_their_check() {
+    let (dir, fake, _world) = setup();
+    let agent = start_agent(&fake, dir.path(), &[]).await;
+    wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+    agent.shutdown(Duration::from_secs(5)).await;
+    let pods: HashSet<PodId> = fake.pod_ids().into_iter().collect();
+
+    let probe = Arc::new(EngineVanishesAtFirstCheck {
+        fake: fake.clone(),
+        fired: Default::default(),
+    });
+    let agent = start_agent_with_probe(&fake, dir.path(), &[], probe).await;
+    assert!(!agent.pool.capacity().unwrap().runtime_reachable);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    fake.set_reachable(true);
+    wait_for(
+        "the adoption finished once the engine is back",
+        WAIT,
+        || agent.pool.capacity().unwrap().runtime_reachable,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after: HashSet<PodId> = fake.pod_ids().into_iter().collect();
+    assert_eq!(pods, after, "no adopted pod was quarantined for the outage");
+    assert_eq!(warm_count(&agent), 2);
+    assert!(
+        !agent
+            .pool
+            .events(1000)
+            .unwrap()
+            .iter()
+            .any(|e| e.kind == "quarantined"),
+        "no quarantine"
+    );
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+// ----- outages, crashes mid-claim, lost pods, cold-path limits ---------------------------
+
+/// The kinds of the events about `pod`.
+fn event_kinds_of(agent: &app::RunningAgent, pod: &PodId) -> Vec<String> {
+    agent
+        .pool
+        .events(1000)
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.pod_id.as_deref() == Some(pod.as_str()))
+        .map(|e| e.kind)
+        .collect()
+}
+
+#[tokio::test]
+async fn a_claim_while_the_runtime_is_unreachable_answers_unavailable_and_keeps_every_warm_pod() {
+    let (dir, fake, _world) = setup();
+    let agent = start_agent(&fake, dir.path(), &[]).await;
+    wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+    let warm_before: HashSet<PodId> = agent
+        .pool
+        .pods()
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pod_id)
+        .collect();
+    fake.set_reachable(false);
+    // The reconcile loop (every second here) notices the outage.
+    wait_for("the outage noticed", WAIT, || {
+        !agent.pool.capacity().unwrap().runtime_reachable
+    })
+    .await;
+    for i in 0..3 {
+        match agent.pool.claim(&claim_req(&format!("outage{i}"))).await {
+            Err(PoolError::Unavailable(m)) => assert!(m.contains("unreachable"), "{m}"),
+            other => panic!("expected unavailable, got {other:?}"),
+        }
+    }
+    let cap = agent.pool.capacity().unwrap();
+    assert_eq!(
+        (cap.warm, cap.assigned, cap.quarantined),
+        (2, 0, 0),
+        "no pod consumed: {cap:?}"
+    );
+    fake.set_reachable(true);
+    wait_for("the engine back", WAIT, || {
+        agent.pool.capacity().unwrap().runtime_reachable
+    })
+    .await;
+    let resp = agent.pool.claim(&claim_req("outage0")).await.unwrap();
+    assert!(warm_before.contains(&resp.pod_id));
+    for pod in &warm_before {
+        assert!(
+            !event_kinds_of(&agent, pod).contains(&"quarantined".to_string()),
+            "pod {pod} was quarantined by the outage"
+        );
+    }
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_claim_cut_off_by_an_unreachable_runtime_resets_the_pod_and_frees_the_clone() {
+    let (dir, fake, world) = setup();
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "1", "--max-pods", "1"],
+    )
+    .await;
+    wait_for("1 WARM pod", WAIT, || warm_count(&agent) == 1).await;
+    let pod = agent.pool.pods().unwrap()[0].pod_id.clone();
+    world.claims_unreachable.store(true, Ordering::SeqCst);
+    match agent.pool.claim(&claim_req("cutoff")).await {
+        Err(PoolError::Unavailable(_)) => {}
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    // Not quarantined: reset (its settings may have half-applied) and back in the pool.
+    let after = agent.pool.pod(&pod).expect("the pod is kept");
+    assert_ne!(after.state, PodState::Quarantined, "{after:?}");
+    assert_eq!(after.clone_id, None, "the clone no longer holds it");
+    wait_for("the pod reset and WARM again", WAIT, || {
+        state_of(&agent, &pod) == Some(PodState::Warm)
+    })
+    .await;
+    let kinds = event_kinds_of(&agent, &pod);
+    assert!(!kinds.contains(&"quarantined".to_string()), "{kinds:?}");
+    assert!(kinds.contains(&"resetting".to_string()), "{kinds:?}");
+    // The clone retries and gets the same (now clean) pod.
+    wait_for("the engine counted reachable again", WAIT, || {
+        agent.pool.capacity().unwrap().runtime_reachable
+    })
+    .await;
+    let resp = agent.pool.claim(&claim_req("cutoff")).await.unwrap();
+    assert_eq!(resp.pod_id, pod);
+    assert_eq!(fake.pod_ids(), vec![pod.clone()], "no pod was replaced");
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The claim SQL execs (site URL + admin password) sent to `pod`.
+fn claim_sql_to(fake: &FakeRuntime, pod: &PodId) -> Vec<String> {
+    fake.calls_of(CallKind::Exec)
+        .into_iter()
+        .filter_map(|c| match c {
+            RecordedCall::Exec {
+                pod: p,
+                stdin: Some(s),
+                ..
+            } if &p == pod && String::from_utf8_lossy(&s.0).contains("SELECT ROW_COUNT()") => {
+                Some(String::from_utf8_lossy(&s.0).into_owned())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_claim_saved_but_not_applied_before_a_crash_is_applied_when_the_clone_asks_again() {
+    use clonepool_agent::secrets::Secret;
+    use clonepool_agent::store::{Assignment, ClaimOutcome, Store};
+    let (dir, fake, _world) = setup();
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "1", "--max-pods", "2"],
+    )
+    .await;
+    wait_for("1 WARM pod", WAIT, || warm_count(&agent) == 1).await;
+    agent.shutdown(Duration::from_secs(5)).await;
+
+    // What a crash between "claim saved" and "settings applied" leaves on disk.
+    let pod = {
+        let store = Store::open(&dir.path().join("agent.sqlite")).unwrap();
+        let password = Secret::new("saved-but-never-applied-pw");
+        let clone: CloneId = "crashy".parse().unwrap();
+        match store
+            .claim(&Assignment {
+                clone: &clone,
+                clone_host: "crashy.localhost:8080",
+                admin_user: "admin",
+                admin_password: &password,
+            })
+            .unwrap()
+        {
+            ClaimOutcome::Claimed(rec) => rec.id,
+            other => panic!("{other:?}"),
+        }
+    };
+    fake.clear_calls();
+
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "1", "--max-pods", "2"],
+    )
+    .await;
+    let resp = agent.pool.claim(&claim_req("crashy")).await.unwrap();
+    assert_eq!(resp.pod_id, pod);
+    assert_eq!(
+        resp.credentials.admin_password,
+        "saved-but-never-applied-pw"
+    );
+    let applied = claim_sql_to(&fake, &pod);
+    assert_eq!(
+        applied.len(),
+        1,
+        "the settings were applied once: {applied:?}"
+    );
+    assert!(
+        applied[0].contains(&format!("MD5('{}')", resp.credentials.admin_password)),
+        "the password answered is the one applied"
+    );
+    assert!(applied[0].contains("'http://crashy.localhost:8080'"));
+    // Once applied, a repeat answers from the state file without touching the pod.
+    let again = agent.pool.claim(&claim_req("crashy")).await.unwrap();
+    assert_eq!(again, resp);
+    assert_eq!(claim_sql_to(&fake, &pod).len(), 1);
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Claims a pod for `clone`, marks it READY and kills its db container: a lost pod.
+async fn lose_a_pod(agent: &app::RunningAgent, fake: &FakeRuntime, clone: &str) -> PodId {
+    let claimed = agent.pool.claim(&claim_req(clone)).await.unwrap();
+    agent
+        .pool
+        .mark_ready(&clone.parse().unwrap())
+        .await
+        .unwrap();
+    assert!(fake.kill_container(&claimed.pod_id, ContainerRole::Db, 137));
+    wait_for("the pod reported lost", WAIT, || {
+        agent
+            .pool
+            .pod(&claimed.pod_id)
+            .is_ok_and(|p| p.state == PodState::Quarantined)
+    })
+    .await;
+    claimed.pod_id
+}
+
+#[tokio::test]
+async fn an_operator_force_reset_removes_a_lost_pod_and_the_pool_replaces_it() {
+    let (dir, fake, _world) = setup();
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &["--warm-target", "1", "--max-pods", "2"],
+    )
+    .await;
+    wait_for("1 WARM pod", WAIT, || warm_count(&agent) == 1).await;
+    let lost = lose_a_pod(&agent, &fake, "gone").await;
+    wait_for("a replacement WARM pod", WAIT, || warm_count(&agent) == 1).await;
+    // The lost pod holds a slot: the node is full.
+    assert_eq!(agent.pool.pods().unwrap().len(), 2);
+    match agent.pool.reset_pod(&lost, false).await {
+        Err(PoolError::Conflict(m)) => assert!(m.contains("--force"), "{m}"),
+        other => panic!("a lost pod needs --force: {other:?}"),
+    }
+    agent.pool.reset_pod(&lost, true).await.unwrap();
+    wait_for("the lost pod removed", WAIT, || {
+        !fake.pod_ids().contains(&lost) && agent.pool.pod(&lost).is_err()
+    })
+    .await;
+    // The slot is free again: a claim and the pool's refill both find room.
+    agent.pool.claim(&claim_req("next")).await.unwrap();
+    wait_for("the pool refilled", WAIT, || warm_count(&agent) == 1).await;
+    // The lost clone's release now finds nothing to release.
+    match agent.pool.release(&"gone".parse().unwrap()).await {
+        Err(PoolError::NotFound(m)) => assert!(m.contains("gone"), "{m}"),
+        other => panic!("expected not found, got {other:?}"),
+    }
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_lost_pod_is_removed_after_the_grace_period_even_if_nobody_releases_it() {
+    let (dir, fake, _world) = setup();
+    let agent = start_agent(
+        &fake,
+        dir.path(),
+        &[
+            "--warm-target",
+            "1",
+            "--max-pods",
+            "2",
+            "--lost-pod-grace-secs",
+            "2",
+        ],
+    )
+    .await;
+    wait_for("1 WARM pod", WAIT, || warm_count(&agent) == 1).await;
+    let lost = lose_a_pod(&agent, &fake, "forgotten").await;
+    let noticed = std::time::Instant::now();
+    // Visible to its clone for the grace period ...
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(state_of(&agent, &lost), Some(PodState::Quarantined));
+    // ... then removed, and its slot counts no more.
+    wait_for("the lost pod removed", WAIT, || {
+        agent.pool.pod(&lost).is_err() && !fake.pod_ids().contains(&lost)
+    })
+    .await;
+    assert!(noticed.elapsed() >= Duration::from_millis(1900));
+    let removed = agent
+        .pool
+        .events(1000)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.kind == "removed" && e.pod_id.as_deref() == Some(lost.as_str()))
+        .expect("a removal event");
+    assert!(
+        removed.message.contains("forgotten") && removed.message.contains("grace"),
+        "{}",
+        removed.message
+    );
+    assert_eq!(agent.pool.capacity().unwrap().quarantined, 0);
+    match agent.pool.release(&"forgotten".parse().unwrap()).await {
+        Err(PoolError::NotFound(_)) => {}
+        other => panic!("expected not found, got {other:?}"),
+    }
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn the_cold_path_waits_for_a_creation_slot_and_is_counted_in_provision_duration() {
+    let (dir, fake, _world) = setup();
+    let probe = Arc::new(GatedProbe::default());
+    probe.closed.store(true, Ordering::SeqCst);
+    let agent = start_agent_with_probe(
+        &fake,
+        dir.path(),
+        &[
+            "--warm-target",
+            "1",
+            "--max-pods",
+            "3",
+            "--create-parallelism",
+            "1",
+        ],
+        probe.clone(),
+    )
+    .await;
+    wait_for("the pool's pod being created", WAIT, || {
+        probe.active.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let pool = agent.pool.clone();
+    let cold = tokio::spawn(async move {
+        let mut req = claim_req("coldslot");
+        req.allow_cold = true;
+        pool.claim(&req).await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        probe.max_active.load(Ordering::SeqCst),
+        1,
+        "the cold pod was created beside the pool's one despite --create-parallelism 1"
+    );
+    probe.closed.store(false, Ordering::SeqCst);
+    let resp = cold.await.unwrap().unwrap();
+    assert_eq!(resp.path, ClaimPath::Cold);
+    assert_eq!(probe.max_active.load(Ordering::SeqCst), 1);
+    wait_for("the pool pod WARM", WAIT, || warm_count(&agent) == 1).await;
+    let text = metrics_text(&agent).await;
+    assert!(
+        text.contains("clonepool_agent_provision_duration_seconds_count 2"),
+        "both creations observed: {text}"
+    );
     agent.shutdown(Duration::from_secs(5)).await;
 }

@@ -7,6 +7,7 @@ use super::{CtlError, SOCKET_NAME};
 use clap::{Args, Subcommand};
 use clonepool_common::agent_api::PodSummary;
 use clonepool_common::ids::PodId;
+use clonepool_common::pod::PodState;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -38,10 +39,12 @@ pub enum NodeCommand {
     Pods,
     /// One pod in detail.
     Pod { pod_id: PodId },
-    /// Reset one pod now (WARM or RESETTING; a pod serving a clone needs --force).
+    /// Reset one pod now (WARM or RESETTING; a pod serving a clone needs --force; --force
+    /// removes a QUARANTINED pod, lost ones included, and the pool replaces it).
     Reset {
         pod_id: PodId,
-        /// Also reset a pod that serves a clone (its clone loses it).
+        /// Also reset a pod that serves a clone (its clone loses it), or remove a QUARANTINED
+        /// pod now.
         #[arg(long)]
         force: bool,
     },
@@ -164,7 +167,14 @@ pub fn run(
         }
         NodeCommand::Reset { .. } => {
             let p: PodSummary = serde_json::from_value(data)?;
-            format!("pod {} is {}\n", p.pod_id, p.state)
+            if p.state == PodState::Quarantined {
+                format!(
+                    "pod {} is being removed (it was QUARANTINED); the pool creates a replacement if it needs one\n",
+                    p.pod_id
+                )
+            } else {
+                format!("pod {} is {}\n", p.pod_id, p.state)
+            }
         }
         NodeCommand::Drain { off } => {
             if *off {

@@ -8,6 +8,7 @@ use clap::Parser;
 use clonepool_agent::app::{self, RunningAgent};
 use clonepool_agent::config::{AgentConfig, RawConfig};
 use clonepool_agent::provision::SiteProbe;
+use clonepool_agent::runtime::fake::FakeFailure;
 use clonepool_agent::runtime::{ExecOutput, ExecRequest, FakeRuntime};
 use clonepool_common::ids::PodId;
 use clonepool_common::pod::ContainerRole;
@@ -30,6 +31,8 @@ pub struct PodWorld {
     pub db_down: Mutex<std::collections::HashSet<PodId>>,
     /// When set, the next claim's settings fail to apply.
     pub claims_fail: AtomicBool,
+    /// When set, the next claim's settings fail as if the engine had gone away.
+    pub claims_unreachable: AtomicBool,
 }
 
 impl PodWorld {
@@ -86,6 +89,11 @@ pub fn emulate_image(fake: &FakeRuntime, world: Arc<PodWorld>) {
                 stderr: b"ERROR 2002 (HY000): Can't connect to local server (emulated)".to_vec(),
             }));
         }
+        if stdin.contains("SELECT ROW_COUNT()")
+            && world.claims_unreachable.swap(false, Ordering::SeqCst)
+        {
+            return Some(Err(FakeFailure::Unreachable));
+        }
         if stdin.contains("SELECT ROW_COUNT()") && world.claims_fail.swap(false, Ordering::SeqCst) {
             return Some(Ok(ExecOutput {
                 exit_code: 1,
@@ -133,6 +141,28 @@ impl SiteProbe for StubProbe {
     }
 }
 
+/// A site probe that holds every check while its gate is closed, and records how many checks
+/// ran at the same time (a stand-in for "pods being created at once").
+#[derive(Default)]
+pub struct GatedProbe {
+    pub closed: AtomicBool,
+    pub active: std::sync::atomic::AtomicUsize,
+    pub max_active: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait]
+impl SiteProbe for GatedProbe {
+    async fn check(&self, _endpoint: &str) -> Result<(), String> {
+        let now = self.active.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_active.fetch_max(now, Ordering::SeqCst);
+        while self.closed.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        self.active.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
 /// A node name for tests (the cleanup script removes `test-*` nodes' containers).
 pub const NODE: &str = "test-fake-node";
 
@@ -167,6 +197,28 @@ pub async fn start_agent(fake: &FakeRuntime, data_dir: &Path, extra: &[&str]) ->
     )
     .await
     .expect("agent starts")
+}
+
+/// An agent over `fake` in `data_dir`, probing WordPress with `probe`.
+pub async fn start_agent_with_probe(
+    fake: &FakeRuntime,
+    data_dir: &Path,
+    extra: &[&str],
+    probe: Arc<dyn SiteProbe>,
+) -> RunningAgent {
+    app::start(config(data_dir, extra), Arc::new(fake.clone()), probe)
+        .await
+        .expect("agent starts")
+}
+
+/// The agent's /metrics text.
+pub async fn metrics_text(agent: &RunningAgent) -> String {
+    reqwest::get(format!("http://{}/metrics", agent.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 /// Polls `cond` until it holds or `timeout` passes (then panics with `what`).
