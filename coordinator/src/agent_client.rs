@@ -325,6 +325,8 @@ pub mod fake {
         /// The next N claims fail with Unavailable *after* taking effect (lost answer).
         pub lose_claim_answers: u32,
         pub draining: bool,
+        /// What capacity reports as `runtime_reachable` is the negation of this.
+        pub runtime_unreachable: bool,
         pub claim_delay: Option<Duration>,
         /// Clones whose pod was marked ready.
         pub ready: std::collections::HashSet<String>,
@@ -478,6 +480,7 @@ pub mod fake {
                     assigned: Self::assigned(s),
                     max: s.max,
                     draining: s.draining,
+                    runtime_reachable: !s.runtime_unreachable,
                     ..Capacity::default()
                 })
             })

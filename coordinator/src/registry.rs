@@ -47,6 +47,12 @@ impl AgentView {
         self.capacity.as_ref().is_some_and(|c| c.draining)
     }
 
+    /// Whether the agent can take a claim now: up, not draining, and its container runtime
+    /// answers (an agent whose runtime is away refuses claims without consuming a pod).
+    pub fn accepts_claims(&self) -> bool {
+        self.up && !self.draining() && self.capacity.as_ref().is_none_or(|c| c.runtime_reachable)
+    }
+
     /// Pods it could still create.
     pub fn room(&self) -> u32 {
         self.capacity.as_ref().map_or(0, |c| {

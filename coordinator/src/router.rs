@@ -86,7 +86,7 @@ impl Router {
     pub fn warm_candidates(&self, agents: &[AgentView]) -> Vec<AgentView> {
         let mut candidates: Vec<AgentView> = agents
             .iter()
-            .filter(|a| a.up && !a.draining() && a.warm() > 0)
+            .filter(|a| a.accepts_claims() && a.warm() > 0)
             .cloned()
             .collect();
         match self.placement {
@@ -105,7 +105,7 @@ impl Router {
     pub fn cold_candidates(&self, agents: &[AgentView]) -> Vec<AgentView> {
         let mut candidates: Vec<AgentView> = agents
             .iter()
-            .filter(|a| a.up && !a.draining())
+            .filter(|a| a.accepts_claims())
             .cloned()
             .collect();
         let placement = self.placement;
@@ -313,6 +313,18 @@ mod tests {
         assert_eq!(claimed.agent, "http://b");
         assert_eq!(claimed.response.path, ClaimPath::Warm);
         assert_eq!(rec.refused, vec!["http://a".to_string()]);
+    }
+
+    #[tokio::test]
+    async fn an_agent_whose_runtime_is_unreachable_is_not_asked() {
+        let a = FakeAgent::new("http://a", "node-a", 3, 4);
+        let b = FakeAgent::new("http://b", "node-b", 1, 4);
+        a.with(|s| s.runtime_unreachable = true);
+        let router = router(&[a.clone(), b.clone()], Placement::Spread).await;
+        let mut rec = Recorder::default();
+        let claimed = router.claim(&id("c1"), "h", None, &mut rec).await.unwrap();
+        assert_eq!(claimed.agent, "http://b");
+        assert_eq!(rec.asked, vec![("http://b".to_string(), false)]);
     }
 
     #[tokio::test]
