@@ -204,14 +204,16 @@ pub fn router(pool: WarmPool, token: Secret) -> Router {
 pub async fn push_capacity(
     pool: WarmPool,
     url: String,
+    ca_pem: Option<Vec<u8>>,
     token: Secret,
     interval: Duration,
     cancel: CancellationToken,
 ) {
-    let client = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()
-    {
+    let mut builder = reqwest::Client::builder().timeout(Duration::from_secs(5));
+    if let Some(cert) = ca_pem.and_then(|pem| reqwest::Certificate::from_pem(&pem).ok()) {
+        builder = builder.add_root_certificate(cert);
+    }
+    let client = match builder.build() {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot build the capacity push client");

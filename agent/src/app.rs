@@ -251,6 +251,7 @@ pub async fn start(
         tasks.push(tokio::spawn(crate::api::push_capacity(
             pool.clone(),
             url,
+            config.coordinator_ca.clone(),
             token.clone(),
             config.push_interval,
             cancel.clone(),

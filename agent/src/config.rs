@@ -134,6 +134,10 @@ pub struct RawConfig {
     /// Coordinator URL the agent POSTs its capacity to (with its token); none: no push.
     #[arg(long, env = "CLONEPOOL_COORDINATOR_URL")]
     pub coordinator_url: Option<String>,
+    /// CA certificate (PEM) to trust for an https coordinator URL, e.g. the standalone
+    /// coordinator's ca.pem; the system roots are trusted too.
+    #[arg(long, env = "CLONEPOOL_COORDINATOR_CA")]
+    pub coordinator_ca: Option<PathBuf>,
     /// Seconds between capacity pushes.
     #[arg(long, env = "CLONEPOOL_PUSH_INTERVAL_SECS", default_value = "10")]
     pub push_interval_secs: String,
@@ -180,6 +184,8 @@ pub struct AgentConfig {
     pub web_limits: Limits,
     pub reset_method: ResetMethod,
     pub coordinator_url: Option<String>,
+    /// The PEM bytes of `--coordinator-ca`, read at start.
+    pub coordinator_ca: Option<Vec<u8>>,
     pub push_interval: Duration,
     pub reconcile_interval: Duration,
     pub lost_pod_grace: Duration,
@@ -296,6 +302,29 @@ impl AgentConfig {
                 ));
             }
         }
+        let coordinator_ca = match &raw.coordinator_ca {
+            Some(path) => match std::fs::read(path) {
+                // reqwest parses lazily, so look for the PEM block before handing it over.
+                Ok(pem)
+                    if String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----")
+                        && reqwest::Certificate::from_pem(&pem).is_ok() =>
+                {
+                    Some(pem)
+                }
+                Ok(_) => {
+                    p.push(format!(
+                        "coordinator-ca {} is not a PEM certificate",
+                        path.display()
+                    ));
+                    None
+                }
+                Err(e) => {
+                    p.push(format!("coordinator-ca {}: {e}", path.display()));
+                    None
+                }
+            },
+            None => None,
+        };
         let push = number(
             &mut p,
             "push-interval-secs",
@@ -359,6 +388,7 @@ impl AgentConfig {
             },
             reset_method: reset_method.expect("validated"),
             coordinator_url: raw.coordinator_url.filter(|s| !s.is_empty()),
+            coordinator_ca,
             push_interval: Duration::from_secs(push.expect("validated")),
             reconcile_interval: Duration::from_secs(reconcile.expect("validated")),
             lost_pod_grace: Duration::from_secs(lost_grace.expect("validated")),
@@ -426,6 +456,24 @@ mod tests {
             assert!(text.contains(needle), "{needle} missing from: {text}");
         }
         assert_eq!(err.problems.len(), 5, "{text}");
+    }
+
+    #[test]
+    fn a_coordinator_ca_that_is_missing_or_not_pem_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_pem = dir.path().join("ca.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let missing = dir.path().join("missing.pem");
+        for (path, expected) in [
+            (&not_pem, "is not a PEM certificate"),
+            (&missing, "No such file"),
+        ] {
+            let err = AgentConfig::from_raw(raw(&["--coordinator-ca", path.to_str().unwrap()]))
+                .unwrap_err();
+            let text = err.to_string();
+            assert!(text.contains(&path.display().to_string()), "{text}");
+            assert!(text.contains(expected), "{text}");
+        }
     }
 
     #[test]
