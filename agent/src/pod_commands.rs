@@ -170,12 +170,44 @@ while [ -n "$victims_all" ] && [ $i -lt 60 ]; do
 done
 "#;
 
-/// The SQL that empties MariaDB back to its system schemas and users: ends other connections,
-/// drops every non-system database, user and role.
+/// System V IPC objects (message queues, shared memory, semaphores) a clone's PHP created:
+/// PHP's sysvmsg/sysvshm/sysvsem let a clone leave data in the web container's IPC namespace,
+/// which outlives an in-place reset. Clones run as www-data, so anything not owned and created
+/// by root is theirs (an owner can hand an object to another uid, but not its creator uid).
+/// `list_ipc` prints `kind id uid cuid` per object; `remove_ipc` removes them.
+const IPC_HELPERS: &str = r#"
+list_ipc() {
+    for kind in msg shm sem; do
+        f=/proc/sysvipc/$kind
+        [ -r "$f" ] || continue
+        awk -v kind="$kind" 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+            ($col["uid"] != 0 || $col["cuid"] != 0) { print kind, $2, $col["uid"], $col["cuid"] }' "$f"
+    done
+}
+remove_ipc() {
+    # Root in a container lacks CAP_IPC_OWNER; the creator may always remove, so act as it.
+    list_ipc | while read -r kind id _uid cuid; do
+        case "$kind" in msg) flag=-q ;; shm) flag=-m ;; *) flag=-s ;; esac
+        setpriv --reuid="$cuid" --regid=65534 --clear-groups ipcrm "$flag" "$id"
+    done
+}
+"#;
+
+/// The SQL that empties MariaDB back to its system schemas and users: drops every non-system
+/// user and role first (so a clone's process cannot log in again), then ends the connections
+/// still open, then drops every non-system database.
 const DROP_ALL_SQL: &str = r#"
 SET SESSION lock_wait_timeout = 20;
 DELIMITER //
 BEGIN NOT ATOMIC
+    FOR u IN (SELECT user AS n, host AS h, is_role AS r FROM mysql.user
+              WHERE NOT (host = 'localhost' AND user IN ('root', 'mysql', 'mariadb.sys'))) DO
+        IF u.r = 'Y' THEN
+            EXECUTE IMMEDIATE CONCAT('DROP ROLE ', QUOTE(u.n));
+        ELSE
+            EXECUTE IMMEDIATE CONCAT('DROP USER ', QUOTE(u.n), '@', QUOTE(u.h));
+        END IF;
+    END FOR;
     BEGIN
         DECLARE CONTINUE HANDLER FOR SQLEXCEPTION BEGIN END;
         FOR c IN (SELECT id FROM information_schema.processlist
@@ -186,14 +218,6 @@ BEGIN NOT ATOMIC
     FOR d IN (SELECT schema_name AS n FROM information_schema.schemata
               WHERE schema_name NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys')) DO
         EXECUTE IMMEDIATE CONCAT('DROP DATABASE `', REPLACE(d.n, '`', '``'), '`');
-    END FOR;
-    FOR u IN (SELECT user AS n, host AS h, is_role AS r FROM mysql.user
-              WHERE NOT (host = 'localhost' AND user IN ('root', 'mysql', 'mariadb.sys'))) DO
-        IF u.r = 'Y' THEN
-            EXECUTE IMMEDIATE CONCAT('DROP ROLE ', QUOTE(u.n));
-        ELSE
-            EXECUTE IMMEDIATE CONCAT('DROP USER ', QUOTE(u.n), '@', QUOTE(u.h));
-        END IF;
     END FOR;
 END //
 DELIMITER ;
@@ -596,6 +620,8 @@ impl PodCommands {
         let cmd = script(&[
             PROC_HELPERS,
             KILL_STRAYS,
+            IPC_HELPERS,
+            "remove_ipc",
             &restore,
             &scratch,
             "exec clonepool-wp-config",
@@ -625,6 +651,9 @@ impl PodCommands {
         let web_script = script(&[
             PROC_HELPERS,
             "list_strays web-processes",
+            IPC_HELPERS,
+            "echo @@web-ipc",
+            "list_ipc",
             &format!("cd {WP_CONTENT} || exit 3"),
             "echo @@wp-content-tree",
             "find . -mindepth 1 -printf '%y %m %U:%G %p %l\\n'",

@@ -157,6 +157,10 @@ PHP
         mkdir -p /var/spool/cron/crontabs
         echo '* * * * * curl http://attacker.invalid/' > /var/spool/cron/crontabs/www-data
         setpriv --reuid=www-data --regid=www-data --init-groups sh -c 'nohup sleep 9999 > /dev/null 2>&1 &'
+        setpriv --reuid=www-data --regid=www-data --init-groups php -r '
+            msg_send(msg_get_queue(4242), 1, "clone A message");
+            shm_put_var(shm_attach(4243, 4096), 1, "clone A shared memory");
+            sem_get(4244);'
         "#,
     );
     assert_eq!(code, 0, "planting canaries: {out}");
@@ -173,6 +177,17 @@ PHP
         sessions.contains("sess_"),
         "a PHP session file exists: {sessions}"
     );
+    let (_, ipc) = sh(
+        pod,
+        ContainerRole::Web,
+        "cat /proc/sysvipc/msg /proc/sysvipc/shm /proc/sysvipc/sem",
+    );
+    for key in ["4242", "4243", "4244"] {
+        assert!(
+            ipc.contains(key),
+            "the System V IPC canary {key} exists: {ipc}"
+        );
+    }
     let (_, ps) = sh(pod, ContainerRole::Web, "ps -eo args");
     assert!(
         ps.contains("sleep 9999") && ps.contains("sleep 8888"),
@@ -216,6 +231,7 @@ fn surviving_canaries(pod: &PodId) -> Vec<String> {
         done
         ls /var/lib/php/sessions | sed 's/^/session /'
         ps -eo args | grep -E 'sleep (8888|9999)' | grep -v grep | sed 's/^/process /'
+        for kind in msg shm sem; do awk -v kind=$kind 'NR > 1 && $1 >= 4242 && $1 <= 4244 { print "System V IPC " kind " key " $1 }' /proc/sysvipc/$kind; done
         true"#,
     );
     found.extend(
