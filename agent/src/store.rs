@@ -8,7 +8,7 @@ use clonepool_common::pod::PodState;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use time::format_description::well_known::Rfc3339;
@@ -211,9 +211,21 @@ impl Store {
             path: path.to_path_buf(),
             source,
         };
-        let conn = Connection::open(path).map_err(unreadable)?;
-        // Secrets live in this file while pods are assigned: owner only.
+        // Secrets live in this file while pods are assigned: owner only, from its creation on
+        // (SQLite gives the -wal and -shm files the main file's mode).
+        if let Err(e) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+        {
+            return Err(unreadable(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                Some(e.to_string()),
+            )));
+        }
         let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
+        let conn = Connection::open(path).map_err(unreadable)?;
         // The first statements fail on a file that is not a database.
         conn.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(unreadable)?;

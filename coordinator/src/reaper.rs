@@ -176,7 +176,10 @@ impl Reaper {
             if all_down || waiting {
                 continue;
             }
-            self.release(&clone).await?;
+            // One clone that cannot be released must not hold up the others.
+            if let Err(err) = self.release(&clone).await {
+                tracing::warn!(clone = %clone.id, error = %err, "releasing an expired clone failed; retrying next pass");
+            }
         }
         Ok(expired.len())
     }

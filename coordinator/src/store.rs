@@ -344,7 +344,23 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
 impl Store {
     /// Opens (creating when missing) the database at `path`, file mode 0600.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let new = !path.exists();
+        // Created owner-only before SQLite opens it: SQLite gives the -wal and -shm files the
+        // main file's mode, and jobs hold passwords until they end.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|source| StoreError::Open {
+                    path: path.to_path_buf(),
+                    source: rusqlite::Error::SqliteFailure(
+                        rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_CANTOPEN),
+                        Some(source.to_string()),
+                    ),
+                })?;
+        }
         let writer = open_connection(path)?;
         writer
             .execute_batch(SCHEMA)
@@ -352,10 +368,6 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
-        if new {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600));
-        }
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -1335,6 +1347,25 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
         (dir, store)
+    }
+
+    #[tokio::test]
+    async fn the_database_and_its_wal_are_owner_only_from_the_start() {
+        use std::os::unix::fs::PermissionsExt;
+        let (dir, store) = open_temp();
+        store
+            .execute_sql(
+                "CREATE TABLE mode_probe (x TEXT); INSERT INTO mode_probe VALUES ('secret');",
+            )
+            .await
+            .unwrap();
+        for name in ["db.sqlite", "db.sqlite-wal", "db.sqlite-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name))
+                .unwrap_or_else(|e| panic!("{name}: {e}"))
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
+        }
     }
 
     pub(crate) fn clone_job(job_id: &str, clone_id: &str, now: i64) -> NewJob {

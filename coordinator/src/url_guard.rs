@@ -113,6 +113,10 @@ fn forbidden_v6(ip: Ipv6Addr) -> Option<&'static str> {
     if bits >> 32 == 0 {
         return forbidden_v4(Ipv4Addr::from(bits as u32)).or(Some("IPv4-compatible IPv6"));
     }
+    // IPv4-translated (::ffff:0:a.b.c.d, RFC 2765): judge the embedded IPv4 address too.
+    if in_v6(ip, Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96) {
+        return forbidden_v4(Ipv4Addr::from(bits as u32));
+    }
     // NAT64 well-known prefix: judge the embedded IPv4 address.
     if in_v6(ip, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96) {
         return forbidden_v4(Ipv4Addr::from(bits as u32));
@@ -322,7 +326,9 @@ impl UrlPolicy {
     ) -> reqwest::ClientBuilder {
         let policy = self.clone();
         let redirect_policy = self.clone();
+        // No proxy: through one, only the proxy's host would be resolved (and checked).
         builder
+            .no_proxy()
             .dns_resolver(Arc::new(GuardedResolver { policy, lookup }))
             .redirect(reqwest::redirect::Policy::custom(move |attempt| {
                 if attempt.previous().len() >= MAX_REDIRECTS {
@@ -411,6 +417,8 @@ mod tests {
             ("::ffff:127.0.0.1", false),
             ("::ffff:169.254.169.254", false),
             ("::ffff:10.0.0.1", false),
+            ("::ffff:0:127.0.0.1", false),
+            ("::ffff:0:a9fe:a9fe", false),
             ("::127.0.0.1", false),
             ("64:ff9b::a9fe:a9fe", false),
             ("2002:7f00:1::", false),
@@ -424,6 +432,7 @@ mod tests {
             ("2606:4700::1111", true),
             ("::ffff:8.8.8.8", true),
             ("64:ff9b::808:808", true),
+            ("::ffff:0:8.8.8.8", true),
         ];
         for (addr, allowed) in table {
             assert_eq!(
