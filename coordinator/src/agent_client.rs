@@ -327,6 +327,8 @@ pub mod fake {
         pub draining: bool,
         /// What capacity reports as `runtime_reachable` is the negation of this.
         pub runtime_unreachable: bool,
+        /// Claims panic (a stand-in for a bug in the code under test).
+        pub panic_on_claim: bool,
         pub claim_delay: Option<Duration>,
         /// Clones whose pod was marked ready.
         pub ready: std::collections::HashSet<String>,
@@ -383,6 +385,7 @@ pub mod fake {
             self.with(|s| {
                 s.in_flight -= 1;
                 s.claim_calls += 1;
+                assert!(!s.panic_on_claim, "claim panics as asked");
                 if s.down {
                     return Err(AgentError::Unavailable("connection refused".into()));
                 }

@@ -130,7 +130,7 @@ impl JobEngine {
                 Ok(Some(job)) => {
                     let engine = self.clone();
                     tokio::spawn(async move {
-                        engine.run_job(job).await;
+                        engine.run_job_guarded(job).await;
                         drop(permit);
                     });
                 }
@@ -162,6 +162,32 @@ impl JobEngine {
         {
             tracing::warn!("jobs still running at shutdown; they resume on the next start");
         }
+    }
+
+    /// Runs one attempt like [`Engine::run_job`], but a panic in it fails the job with an
+    /// internal error instead of leaving it `running` until the next start.
+    pub async fn run_job_guarded(self: Arc<Self>, job: JobRow) {
+        let (job_id, job_type) = (job.id.clone(), job.job_type);
+        let engine = self.clone();
+        let Err(err) = tokio::spawn(async move { engine.run_job(job).await }).await else {
+            return;
+        };
+        tracing::error!(job = %job_id, error = %err, "job attempt panicked");
+        let message = format!("internal error while running the job: {err}");
+        if let Err(err) = self
+            .store
+            .fail_job(
+                &job_id,
+                clonepool_common::error::codes::INTERNAL,
+                message,
+                now_ms(),
+            )
+            .await
+        {
+            tracing::error!(job = %job_id, error = %err, "cannot record the job's failure");
+        }
+        self.metrics.job_finished(job_type, JobState::Failed);
+        self.reaper.wake();
     }
 
     /// Runs one attempt of a job and records the outcome.
@@ -450,6 +476,23 @@ mod tests {
             agent.with(|s| s.ready.contains("shop")),
             "the pod was marked READY"
         );
+    }
+
+    #[tokio::test]
+    async fn a_job_attempt_that_panics_fails_clearly_instead_of_staying_running() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        agent.with(|s| s.panic_on_claim = true);
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        h.store
+            .create_job(clone_job("job-1", "boom", now_ms()))
+            .await
+            .unwrap();
+        let job = h.store.start_next_job(now_ms()).await.unwrap().unwrap();
+        h.engine.clone().run_job_guarded(job).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        let error = job.to_status().error.unwrap_or_default();
+        assert!(error.contains("internal error"), "{error}");
     }
 
     #[tokio::test]
