@@ -871,6 +871,7 @@ impl Store {
                     now
                 ],
             )?;
+            forget_request_secrets(&tx, &job_id)?;
             let job = job_by_id(&tx, &job_id)?;
             let clone = clone_by_row(&tx, clone_row)?;
             tx.commit()?;
@@ -1321,7 +1322,21 @@ fn fail_job_tx(
     )?;
     if changed == 1 {
         end_clone_of_job(tx, job_id, "job_failed", now)?;
+        forget_request_secrets(tx, job_id)?;
     }
+    Ok(())
+}
+
+/// A job that ended needs its request's passwords no more: drop them rather than keep them
+/// until the job row is pruned.
+fn forget_request_secrets(tx: &Connection, job_id: &str) -> Result<(), StoreError> {
+    exec(
+        tx,
+        "UPDATE jobs SET request = json_remove(request, '$.source_password', '$.source.password',
+                                               '$.target.password')
+         WHERE id = ?1 AND json_valid(request)",
+        params![job_id],
+    )?;
     Ok(())
 }
 
@@ -1335,6 +1350,7 @@ fn cancel_job_tx(tx: &Connection, job_id: &str, why: &str, now: i64) -> Result<(
     )?;
     if changed == 1 {
         end_clone_of_job(tx, job_id, "cancelled", now)?;
+        forget_request_secrets(tx, job_id)?;
     }
     Ok(())
 }
@@ -1365,6 +1381,50 @@ pub(crate) mod tests {
                 .permissions()
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_job_keeps_no_password_of_its_request() {
+        let (_dir, store) = open_temp();
+        let request = r#"{"source_url":"https://a.example","source_username":"admin","source_password":"hunter2","customer_id":"c"}"#;
+        for (id, clone, end) in [
+            ("job-f", "f", "fail"),
+            ("job-c", "c", "cancel"),
+            ("job-d", "d", "complete"),
+        ] {
+            let mut job = clone_job(id, clone, 1);
+            job.request_json = request.into();
+            store.create_job(job).await.unwrap();
+            match end {
+                "fail" => {
+                    store.start_next_job(2).await.unwrap().unwrap();
+                    store.fail_job(id, "x", "failed".into(), 3).await.unwrap();
+                }
+                "cancel" => {
+                    store.cancel_job(id, 3).await.unwrap();
+                }
+                _ => {
+                    let started = store.start_next_job(2).await.unwrap().unwrap();
+                    let row = store.clone_for_job(&started.id).await.unwrap().unwrap().id;
+                    store
+                        .complete_clone_job(id, row, claim("http://a"), 3)
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            }
+            let row = store.job(id).await.unwrap().unwrap();
+            assert!(
+                !row.request_json.contains("hunter2"),
+                "{end}: {}",
+                row.request_json
+            );
+            assert!(
+                row.request_json.contains("\"source_username\":\"admin\""),
+                "{end}: {}",
+                row.request_json
+            );
         }
     }
 
