@@ -217,14 +217,7 @@ fn describe(err: &reqwest::Error) -> String {
     } else if err.is_connect() {
         "connection refused or unreachable".to_string()
     } else {
-        let mut text = err.to_string();
-        let mut source = std::error::Error::source(err);
-        while let Some(inner) = source {
-            text.push_str(": ");
-            text.push_str(&inner.to_string());
-            source = inner.source();
-        }
-        text
+        crate::client::describe(err)
     }
 }
 

@@ -314,7 +314,8 @@ impl ApiClient {
     }
 }
 
-fn describe(err: &reqwest::Error) -> String {
+/// An error and all its sources, joined with `: ` (reqwest's own message hides the cause).
+pub(crate) fn describe(err: &reqwest::Error) -> String {
     let mut text = err.to_string();
     let mut source = std::error::Error::source(err);
     while let Some(inner) = source {
