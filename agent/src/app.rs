@@ -221,7 +221,11 @@ pub async fn start(
         ),
         serve(
             api_listener,
-            crate::api::router(pool.clone(), token.clone()),
+            crate::api::router(
+                pool.clone(),
+                token.clone(),
+                crate::import::ImportConfig::new(&config.data_dir),
+            ),
             cancel.clone(),
             "agent API",
         ),
