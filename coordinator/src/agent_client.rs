@@ -8,8 +8,8 @@ use clonepool_common::agent_api::{
     Capacity, ClaimRequest, ClaimResponse, ImportResponse, PodSummary, ReadyRequest,
     ReleaseRequest, ReleaseResponse,
 };
-use clonepool_common::ids::CloneId;
 use clonepool_common::error::{codes, ErrorBody};
+use clonepool_common::ids::CloneId;
 use reqwest::StatusCode;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -558,7 +558,9 @@ pub mod fake {
                     return Err(err);
                 }
                 let Some((pod, _)) = s.claims.get(clone_id.as_str()).cloned() else {
-                    return Err(AgentError::NotFound(format!("no pod holds clone {clone_id}")));
+                    return Err(AgentError::NotFound(format!(
+                        "no pod holds clone {clone_id}"
+                    )));
                 };
                 s.imported.push((clone_id.to_string(), bytes));
                 s.ready.insert(clone_id.to_string());
@@ -567,7 +569,9 @@ pub mod fake {
                     clone_id: clone_id.clone(),
                     site_url: format!("http://{clone_id}.localhost:8080"),
                     source_url: "https://source.test".into(),
-                    magic_login_url: format!("http://{clone_id}.localhost:8080/?clonepool_login=fake-token"),
+                    magic_login_url: format!(
+                        "http://{clone_id}.localhost:8080/?clonepool_login=fake-token"
+                    ),
                     admin_username: "siteadmin".into(),
                     admin_password: "imported-password".into(),
                     sql_bytes: 0,

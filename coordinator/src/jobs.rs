@@ -15,7 +15,7 @@ use crate::store::{ClaimOutcome, JobRow, Recovered, Store, StoreError};
 use crate::timestamps::now_ms;
 use async_trait::async_trait;
 use clonepool_common::agent_api::ReadyRequest;
-use clonepool_common::api::{CloneRequest, ClonePath, JobState, JobType};
+use clonepool_common::api::{ClonePath, CloneRequest, JobState, JobType};
 use clonepool_common::ids::CloneId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -271,7 +271,12 @@ impl JobEngine {
             None => {
                 // No source import configured: the clone is the pod's fresh WordPress.
                 self.store
-                    .set_progress(&job.id, 80, format!("Pod claimed on {node}; starting the site"), now_ms())
+                    .set_progress(
+                        &job.id,
+                        80,
+                        format!("Pod claimed on {node}; starting the site"),
+                        now_ms(),
+                    )
                     .await?;
                 (
                     claimed.response.credentials.admin_username.clone(),
@@ -373,7 +378,10 @@ impl JobEngine {
             .set_progress(
                 &job.id,
                 70,
-                format!("Exporting {} and importing it into the clone on {node}", login.url),
+                format!(
+                    "Exporting {} and importing it into the clone on {node}",
+                    login.url
+                ),
                 now_ms(),
             )
             .await?;
@@ -464,11 +472,11 @@ impl ClaimObserver for StoreObserver<'_> {
 mod tests {
     use super::*;
     use crate::agent_client::fake::FakeAgent;
-    use crate::source::fake::FakeSource;
-    use crate::source::SourceError;
     use crate::agent_client::AgentClient;
     use crate::config::Placement;
     use crate::registry::AgentRegistry;
+    use crate::source::fake::FakeSource;
+    use crate::source::SourceError;
     use crate::store::tests::{clone_job, open_temp};
     use clonepool_common::api::{CloneStatus, JobResult};
 
@@ -534,7 +542,7 @@ mod tests {
     async fn a_clone_job_with_a_source_imports_it_and_answers_the_imported_login_and_magic_link() {
         let agent = FakeAgent::new("http://a", "node-a", 1, 2);
         let source = Arc::new(FakeSource::default());
-        let h = harness_with(&[agent.clone()], 3, Some(source.clone())).await;
+        let h = harness_with(std::slice::from_ref(&agent), 3, Some(source.clone())).await;
         h.store
             .create_job(clone_job("job-1", "shop", now_ms()))
             .await
@@ -552,7 +560,10 @@ mod tests {
             Some("http://shop.localhost:8080/?clonepool_login=fake-token")
         );
         assert_eq!(*source.opened.lock().unwrap(), ["https://a.example/"]);
-        assert_eq!(agent.with(|s| s.imported.clone()), [("shop".to_string(), 7)]);
+        assert_eq!(
+            agent.with(|s| s.imported.clone()),
+            [("shop".to_string(), 7)]
+        );
     }
 
     #[tokio::test]
@@ -560,7 +571,7 @@ mod tests {
         let agent = FakeAgent::new("http://a", "node-a", 1, 2);
         let source = Arc::new(FakeSource::default());
         *source.fail.lock().unwrap() = Some(SourceError::BadCredentials("admin".into()));
-        let h = harness_with(&[agent.clone()], 3, Some(source.clone())).await;
+        let h = harness_with(std::slice::from_ref(&agent), 3, Some(source.clone())).await;
         h.store
             .create_job(clone_job("job-1", "shop", now_ms()))
             .await
@@ -574,10 +585,17 @@ mod tests {
             .as_deref()
             .unwrap()
             .contains("refused the username or password of admin"));
-        assert_eq!(source.opened.lock().unwrap().len(), 1, "no retry with a wrong password");
+        assert_eq!(
+            source.opened.lock().unwrap().len(),
+            1,
+            "no retry with a wrong password"
+        );
         let clone = h.store.clone_by_name("shop").await.unwrap().unwrap();
         h.reaper.release(&clone).await.unwrap();
-        assert_eq!(agent.with(|s| s.release_calls.get("shop").copied()), Some(1));
+        assert_eq!(
+            agent.with(|s| s.release_calls.get("shop").copied()),
+            Some(1)
+        );
     }
 
     #[tokio::test]
@@ -594,7 +612,10 @@ mod tests {
         let job = h.store.job("job-1").await.unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
         let error = job.error.unwrap();
-        assert!(error.contains("not installed") && error.contains("docs/migrator.md"), "{error}");
+        assert!(
+            error.contains("not installed") && error.contains("docs/migrator.md"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -21,11 +21,15 @@ pub const INSTALL_HINT: &str = "install the clonepool migrator plugin on the sou
 pub enum SourceError {
     #[error("cannot reach the source site {url}: {detail}")]
     Unreachable { url: String, detail: String },
-    #[error("the source URL {0} is not a WordPress site (no WordPress login page at /wp-login.php)")]
+    #[error(
+        "the source URL {0} is not a WordPress site (no WordPress login page at /wp-login.php)"
+    )]
     NotWordPress(String),
     #[error("the source site refused the username or password of {0}")]
     BadCredentials(String),
-    #[error("the user {0} may not export the site: it needs to be an administrator (manage_options)")]
+    #[error(
+        "the user {0} may not export the site: it needs to be an administrator (manage_options)"
+    )]
     NotAdmin(String),
     #[error("the clonepool migrator plugin is not installed or not active on the source site; {INSTALL_HINT}")]
     PluginMissing,
@@ -214,10 +218,7 @@ impl SiteSource for HttpSiteSource {
         Ok(export
             .bytes_stream()
             .map_err(move |e| {
-                std::io::Error::other(format!(
-                    "the export from {url} broke off: {}",
-                    describe(&e)
-                ))
+                std::io::Error::other(format!("the export from {url} broke off: {}", describe(&e)))
             })
             .boxed())
     }

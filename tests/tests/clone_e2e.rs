@@ -112,7 +112,11 @@ async fn clones_of_the_demo_site_serve_its_content_and_bad_sources_fail_clearly(
         );
         samples.push(took);
         if i == 0 {
-            for step in ["logging in to", "checking the clonepool migrator plugin", "Exporting"] {
+            for step in [
+                "logging in to",
+                "checking the clonepool migrator plugin",
+                "Exporting",
+            ] {
                 assert!(
                     messages.iter().any(|m| m.contains(step)),
                     "no progress message names {step:?}: {messages:?}"
