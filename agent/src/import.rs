@@ -726,12 +726,23 @@ async fn import_inner(
         .map_err(|e| ImportError::Internal(format!("archive reader task: {e}")))??;
     tracing::info!(clone = %clone, bytes = spooled.archive_bytes, files = spooled.files, sql_bytes = spooled.sql_bytes, "import: archive checked and spooled");
     let runtime = pool.runtime();
+    let store = pool.store().clone();
     pool.with_assigned_pod(clone, |rec| async move {
         let host = rec
             .clone_host
             .clone()
             .ok_or_else(|| ImportError::Internal(format!("pod {} has no clone host", rec.id)))?;
-        apply(runtime.as_ref(), &rec.id, clone, &host, spooled).await
+        let resp = apply(runtime.as_ref(), &rec.id, clone, &host, spooled).await?;
+        // A repeated claim must answer the imported site's login, not the claim's.
+        store
+            .set_clone_credentials(
+                &rec.id,
+                clone,
+                &resp.admin_username,
+                &Secret::new(resp.admin_password.clone()),
+            )
+            .map_err(|e| ImportError::Pool(e.into()))?;
+        Ok(resp)
     })
     .await?
 }

@@ -152,6 +152,21 @@ async fn a_complete_export_is_imported_rewritten_to_the_clone_url_and_the_pod_be
         .strip_prefix("http://shop-1.localhost:8080/?clonepool_login=")
         .expect("magic link on the clone's host");
     assert_eq!(s.pod(&claim).await.state, PodState::Ready);
+    // A repeated claim answers the imported site's login.
+    let again: ClaimResponse = s
+        .http
+        .post(format!("{}/v1/claim", s.base))
+        .bearer_auth(&s.token)
+        .json(&serde_json::json!({"clone_id": "shop-1", "clone_host": "shop-1.localhost:8080"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(again.pod_id, claim.pod_id);
+    assert_eq!(again.credentials.admin_username, "siteadmin");
+    assert_eq!(again.credentials.admin_password, imported.admin_password);
 
     // The dump the db container got: the clone's URL, serialized length recomputed.
     let sql = s
