@@ -221,11 +221,7 @@ pub async fn start(
         ),
         serve(
             api_listener,
-            crate::api::router(
-                pool.clone(),
-                token.clone(),
-                crate::import::ImportConfig::new(&config.data_dir),
-            ),
+            crate::api::router(pool.clone(), token.clone(), config.import_config()),
             cancel.clone(),
             "agent API",
         ),

@@ -56,17 +56,18 @@ struct Setup {
 }
 
 async fn setup_with_claim(clone: &str) -> (Setup, ClaimResponse) {
+    setup_with_claim_args(clone, &[]).await
+}
+
+async fn setup_with_claim_args(clone: &str, extra: &[&str]) -> (Setup, ClaimResponse) {
     let dir = tempfile::tempdir().unwrap();
     let fake = FakeRuntime::new();
     fake.add_image_dir("/tmp");
     fake.add_image_dir("/var/lib/wordpress/wp-content");
     emulate_image(&fake, Arc::new(PodWorld::default()));
-    let agent = start_agent(
-        &fake,
-        dir.path(),
-        &["--warm-target", "1", "--max-pods", "2"],
-    )
-    .await;
+    let mut args = vec!["--warm-target", "1", "--max-pods", "2"];
+    args.extend_from_slice(extra);
+    let agent = start_agent(&fake, dir.path(), &args).await;
     wait_for("1 WARM pod", WAIT, || warm_count(&agent) == 1).await;
     let s = Setup {
         _dir: dir,
@@ -301,5 +302,37 @@ async fn an_import_for_a_clone_without_a_pod_is_404_and_needs_the_token() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 401);
+    s.agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn an_archive_over_the_configured_entry_limit_is_refused_with_413_and_the_pod_released() {
+    let (s, claim) = setup_with_claim_args("shop-5", &["--import-max-entries", "10"]).await;
+    let many: Vec<(String, tar::EntryType)> = (0..20)
+        .map(|i| {
+            (
+                format!("wp-content/uploads/f{i}.txt"),
+                tar::EntryType::Regular,
+            )
+        })
+        .collect();
+    let many: Vec<(&str, tar::EntryType)> = many.iter().map(|(n, k)| (n.as_str(), *k)).collect();
+    let resp = s.import("shop-5", export(&many, true)).await;
+    assert_eq!(resp.status(), 413);
+    let body: ErrorBody = resp.json().await.unwrap();
+    assert!(
+        body.error.message.contains("more than 10 entries"),
+        "{}",
+        body.error.message
+    );
+    assert_eq!(s.writes_into(&claim), 0, "nothing was written into the pod");
+    wait_for("the pod WARM again", WAIT, || {
+        s.agent
+            .pool
+            .pod(&claim.pod_id)
+            .map(|p| p.state == PodState::Warm)
+            .unwrap_or(false)
+    })
+    .await;
     s.agent.shutdown(Duration::from_secs(5)).await;
 }
