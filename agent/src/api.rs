@@ -1,17 +1,19 @@
 //! The agent API (axum, JSON, bearer token): claim, release, ready, capacity, pods. Errors are
-//! `common::error::ErrorBody` with stable codes. Also the optional periodic capacity push to a
+//! `common::error::ErrorBody` with stable codes. The import route streams a site archive into a
+//! claimed pod ([`crate::import`]). Also the optional periodic capacity push to a
 //! coordinator.
 
+use crate::import::{ImportConfig, ImportError};
 use crate::pool::{PoolError, WarmPool};
 use crate::secrets::{constant_time_eq, Secret};
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use clonepool_common::agent_api::{ClaimRequest, ReadyRequest, ReleaseRequest};
+use clonepool_common::agent_api::{ClaimRequest, ImportQuery, ReadyRequest, ReleaseRequest};
 use clonepool_common::error::{codes, ErrorBody};
 use clonepool_common::ids::PodId;
 use std::sync::Arc;
@@ -25,6 +27,7 @@ pub const MAX_BODY: usize = 64 * 1024;
 struct ApiState {
     pool: WarmPool,
     token: Arc<Secret>,
+    import: Arc<ImportConfig>,
 }
 
 /// An error answer: status and `ErrorBody`.
@@ -94,6 +97,38 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, r.body_text())
+    }
+}
+
+impl From<ImportError> for ApiError {
+    fn from(e: ImportError) -> Self {
+        let e = match e {
+            ImportError::Pool(p) => return p.into(),
+            other => other,
+        };
+        let (status, code) = match &e {
+            ImportError::Pool(_) => (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL),
+            ImportError::Hostile(_) | ImportError::BadArchive(_) | ImportError::ExportFailed(_) => {
+                (StatusCode::BAD_REQUEST, codes::BAD_REQUEST)
+            }
+            ImportError::TooLarge(_) | ImportError::TooManyEntries(_) => {
+                (StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE)
+            }
+            ImportError::Runtime(crate::runtime::RuntimeError::Unreachable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
+            }
+            ImportError::Pod { .. } | ImportError::Runtime(_) | ImportError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
+            }
+        };
+        let message = format!("{e} (the clone's pod was released and is being reset)");
+        ApiError::new(status, code, message)
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
@@ -145,6 +180,17 @@ async fn ready(
     Ok(Json(state.pool.mark_ready(&req.clone_id).await?))
 }
 
+async fn import_site(
+    State(state): State<ApiState>,
+    query: Result<Query<ImportQuery>, QueryRejection>,
+    body: axum::body::Body,
+) -> ApiResult<impl IntoResponse> {
+    let Query(q) = query?;
+    Ok(Json(
+        crate::import::import_clone(&state.pool, &q.clone_id, body, &state.import).await?,
+    ))
+}
+
 async fn capacity(State(state): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(state.pool.capacity()?))
 }
@@ -181,15 +227,21 @@ async fn method_not_allowed() -> ApiError {
 }
 
 /// The agent API router. Every route needs the bearer `token`.
-pub fn router(pool: WarmPool, token: Secret) -> Router {
+pub fn router(pool: WarmPool, token: Secret, import: ImportConfig) -> Router {
     let state = ApiState {
         pool,
         token: Arc::new(token),
+        import: Arc::new(import),
     };
     Router::new()
         .route("/v1/claim", post(claim))
         .route("/v1/release", post(release))
         .route("/v1/ready", post(ready))
+        // The archive is streamed and counted by the import itself (`ImportConfig::max_bytes`).
+        .route(
+            "/v1/import",
+            post(import_site).layer(DefaultBodyLimit::disable()),
+        )
         .route("/v1/capacity", get(capacity))
         .route("/v1/pods", get(pods))
         .route("/v1/pods/{id}", get(pod))

@@ -221,7 +221,7 @@ pub async fn start(
         ),
         serve(
             api_listener,
-            crate::api::router(pool.clone(), token.clone()),
+            crate::api::router(pool.clone(), token.clone(), config.import_config()),
             cancel.clone(),
             "agent API",
         ),

@@ -148,6 +148,12 @@ pub struct RawConfig {
     /// is removed, released or not.
     #[arg(long, env = "CLONEPOOL_LOST_POD_GRACE_SECS", default_value = "900")]
     pub lost_pod_grace_secs: String,
+    /// Most bytes of one import archive (`POST /v1/import`, uncompressed tar), in MiB.
+    #[arg(long, env = "CLONEPOOL_IMPORT_MAX_MB", default_value = "2048")]
+    pub import_max_mb: String,
+    /// Most entries of one import archive.
+    #[arg(long, env = "CLONEPOOL_IMPORT_MAX_ENTRIES", default_value = "200000")]
+    pub import_max_entries: String,
     /// Extra label `key=value` put on every pod container (repeatable), e.g. clonepool.test=true.
     /// The keys the agent sets itself (clonepool.pod, .node, .role, .network, .managed) are
     /// reserved.
@@ -190,6 +196,9 @@ pub struct AgentConfig {
     pub reconcile_interval: Duration,
     pub lost_pod_grace: Duration,
     pub pod_labels: Vec<(String, String)>,
+    /// Limits of one import archive: bytes, entries.
+    pub import_max_bytes: u64,
+    pub import_max_entries: u64,
 }
 
 /// Every problem found in the configuration.
@@ -346,6 +355,20 @@ impl AgentConfig {
             0u64,
             7 * 24 * 3600,
         );
+        let import_mb = number(
+            &mut p,
+            "import-max-mb",
+            &raw.import_max_mb,
+            1u64,
+            1024 * 1024,
+        );
+        let import_entries = number(
+            &mut p,
+            "import-max-entries",
+            &raw.import_max_entries,
+            10u64,
+            100_000_000,
+        );
         let mut pod_labels = Vec::new();
         for label in raw.pod_labels.iter().filter(|l| !l.trim().is_empty()) {
             match label.split_once('=') {
@@ -393,7 +416,17 @@ impl AgentConfig {
             reconcile_interval: Duration::from_secs(reconcile.expect("validated")),
             lost_pod_grace: Duration::from_secs(lost_grace.expect("validated")),
             pod_labels,
+            import_max_bytes: import_mb.expect("validated") * 1024 * 1024,
+            import_max_entries: import_entries.expect("validated"),
         })
+    }
+
+    /// The import route's limits and spool directory.
+    pub fn import_config(&self) -> crate::import::ImportConfig {
+        let mut cfg = crate::import::ImportConfig::new(&self.data_dir);
+        cfg.max_bytes = self.import_max_bytes;
+        cfg.max_entries = self.import_max_entries;
+        cfg
     }
 
     /// The SQLite state file.
@@ -524,6 +557,27 @@ mod tests {
         assert_eq!(c.lost_pod_grace, Duration::ZERO);
         let err = AgentConfig::from_raw(raw(&["--lost-pod-grace-secs", "soon"])).unwrap_err();
         assert!(err.to_string().contains("lost-pod-grace-secs"), "{err}");
+    }
+
+    #[test]
+    fn import_limits_default_to_2_gib_and_200000_entries_and_are_checked() {
+        let c = AgentConfig::from_raw(raw(&[])).unwrap();
+        assert_eq!(c.import_config().max_bytes, 2 * 1024 * 1024 * 1024);
+        assert_eq!(c.import_config().max_entries, 200_000);
+        let c = AgentConfig::from_raw(raw(&["--import-max-mb", "5", "--import-max-entries", "50"]))
+            .unwrap();
+        assert_eq!(
+            (c.import_max_bytes, c.import_max_entries),
+            (5 * 1024 * 1024, 50)
+        );
+        let err =
+            AgentConfig::from_raw(raw(&["--import-max-mb", "0", "--import-max-entries", "x"]))
+                .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("import-max-mb") && text.contains("import-max-entries"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod connecting_runtime;
 pub mod ctl;
 pub mod debug_socket;
 pub mod fingerprint;
+pub mod import;
 pub mod metrics;
 pub mod pod_commands;
 pub mod pool;

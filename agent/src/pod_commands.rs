@@ -38,7 +38,7 @@ pub const WEB_FILE_ONLY_DIRS: &[&str] = &["/run/lock", "/var/cache/apache2/mod_c
 pub const WEB_LISTED_DIRS: &[&str] = &["/etc/wordpress"];
 pub const DB_SCRATCH_DIRS: &[&str] = &["/tmp", "/var/tmp", "/dev/shm"];
 
-const MARIADB: &[&str] = &[
+pub(crate) const MARIADB: &[&str] = &[
     "mariadb",
     "--no-defaults",
     "--socket=/run/mysqld/mysqld.sock",

@@ -861,6 +861,57 @@ impl WarmPool {
         }
     }
 
+    /// The container runtime the pool works with.
+    pub fn runtime(&self) -> Arc<dyn ContainerRuntime> {
+        self.inner.runtime.clone()
+    }
+
+    /// The pod ASSIGNED to `clone` with its claim applied (the one an import goes into).
+    pub fn assigned_pod(&self, clone: &CloneId) -> Result<PodRecord, PoolError> {
+        let rec = self
+            .inner
+            .store
+            .find_by_clone(clone)?
+            .filter(|r| r.clone_id.as_ref() == Some(clone))
+            .ok_or_else(|| {
+                PoolError::NotFound(format!(
+                    "no pod holds clone {clone} on node {}",
+                    self.node()
+                ))
+            })?;
+        if rec.state != PodState::Assigned || !rec.credentials_applied {
+            return Err(PoolError::Conflict(format!(
+                "the pod {} of clone {clone} is {}{}; an import needs an ASSIGNED pod",
+                rec.id,
+                rec.state,
+                if rec.credentials_applied {
+                    ""
+                } else {
+                    " (claim not applied yet: claim again)"
+                }
+            )));
+        }
+        Ok(rec)
+    }
+
+    /// Runs `work` on the pod ASSIGNED to `clone`, holding the clone's lock (releases and readies
+    /// wait) and the pod busy (the reconcile loop leaves it alone).
+    pub async fn with_assigned_pod<T, F, Fut>(
+        &self,
+        clone: &CloneId,
+        work: F,
+    ) -> Result<T, PoolError>
+    where
+        F: FnOnce(PodRecord) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let _guard = self.lock_clone(clone).await;
+        let rec = self.assigned_pod(clone)?;
+        let _busy = self.busy(&rec.id);
+        let _inflight = self.inflight();
+        Ok(work(rec).await)
+    }
+
     /// The clone's import is done: ASSIGNED → READY.
     pub async fn mark_ready(&self, clone: &CloneId) -> Result<PodSummary, PoolError> {
         let _guard = self.lock_clone(clone).await;

@@ -691,6 +691,26 @@ impl Store {
         })
     }
 
+    /// The clone's site was imported: its administrator and password are now these, so a
+    /// repeated claim answers credentials that work in the pod.
+    pub fn set_clone_credentials(
+        &self,
+        id: &PodId,
+        clone: &CloneId,
+        admin_user: &str,
+        admin_password: &Secret,
+    ) -> Result<bool, StoreError> {
+        self.with_tx(|tx| {
+            let changed = tx
+                .execute(
+                    "UPDATE pods SET admin_user = ?3, admin_password = ?4 WHERE id = ?1 AND clone_id = ?2",
+                    params![id.as_str(), clone.as_str(), admin_user, admin_password.expose()],
+                )
+                .map_err(|e| self.sql(e))?;
+            Ok(changed == 1)
+        })
+    }
+
     /// A claim that could not be applied because the runtime went away: ASSIGNED → RESETTING,
     /// and the clone lets go of the pod (so it can claim again). The pod's settings may be half
     /// applied, so it is reset before it is WARM again. Does not count a reset attempt.

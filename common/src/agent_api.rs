@@ -8,6 +8,8 @@
 //! - `POST /v1/ready` [`ReadyRequest`] → 200 [`PodSummary`]; the clone's import is done (ASSIGNED → READY).
 //! - `GET /v1/capacity` → [`Capacity`].
 //! - `GET /v1/pods`, `GET /v1/pods/{pod_id}` → [`PodSummary`].
+//! - `POST /v1/import?clone_id=…` with the migrator export archive (tar) as the body → 200
+//!   [`ImportResponse`]; the clone's pod is then READY. A refused or failed import releases the pod.
 
 use crate::ids::{CloneId, NodeName, PodId};
 use crate::pod::PodState;
@@ -136,4 +138,48 @@ pub struct PodSummary {
     pub since: String,
     /// Why the pod is QUARANTINED or was reported lost, when it is.
     pub reason: Option<String>,
+}
+
+/// Query of `POST /v1/import?clone_id=…`: the body is the migrator plugin's export archive (tar),
+/// streamed. The site goes into the pod ASSIGNED to the clone, which is then READY.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportQuery {
+    pub clone_id: CloneId,
+}
+
+/// What `POST /v1/import` answers: how to log in to the clone, and what was imported.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImportResponse {
+    pub pod_id: PodId,
+    pub clone_id: CloneId,
+    /// The site's URL in the clone (`http://{clone_host}`).
+    pub site_url: String,
+    /// The source's URL the archive was rewritten from.
+    pub source_url: String,
+    /// One-time login link (expires after 15 minutes, bound to the clone's host).
+    pub magic_login_url: String,
+    /// The source's first administrator, with a fresh password.
+    pub admin_username: String,
+    pub admin_password: String,
+    pub sql_bytes: u64,
+    pub files: u64,
+    pub archive_bytes: u64,
+}
+
+impl std::fmt::Debug for ImportResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportResponse")
+            .field("pod_id", &self.pod_id)
+            .field("clone_id", &self.clone_id)
+            .field("site_url", &self.site_url)
+            .field("source_url", &self.source_url)
+            .field("magic_login_url", &"<redacted>")
+            .field("admin_username", &self.admin_username)
+            .field("admin_password", &"<redacted>")
+            .field("sql_bytes", &self.sql_bytes)
+            .field("files", &self.files)
+            .field("archive_bytes", &self.archive_bytes)
+            .finish()
+    }
 }

@@ -5,10 +5,11 @@
 use crate::auth::parse_token_file;
 use async_trait::async_trait;
 use clonepool_common::agent_api::{
-    Capacity, ClaimRequest, ClaimResponse, PodSummary, ReadyRequest, ReleaseRequest,
-    ReleaseResponse,
+    Capacity, ClaimRequest, ClaimResponse, ImportResponse, PodSummary, ReadyRequest,
+    ReleaseRequest, ReleaseResponse,
 };
 use clonepool_common::error::{codes, ErrorBody};
+use clonepool_common::ids::CloneId;
 use reqwest::StatusCode;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,13 @@ pub trait AgentClient: Send + Sync + 'static {
     async fn mark_ready(&self, request: &ReadyRequest) -> Result<PodSummary, AgentError>;
     async fn release(&self, request: &ReleaseRequest) -> Result<ReleaseResponse, AgentError>;
     async fn capacity(&self) -> Result<Capacity, AgentError>;
+    /// Streams a source site's export archive into the clone's (ASSIGNED) pod; the pod is READY
+    /// afterwards. A refused or failed import makes the agent release the pod.
+    async fn import(
+        &self,
+        clone_id: &CloneId,
+        archive: crate::source::ExportStream,
+    ) -> Result<ImportResponse, AgentError>;
 }
 
 /// The agent bearer token, read from the agent's token file when first needed and again
@@ -292,7 +300,41 @@ impl AgentClient for HttpAgentClient {
         )
         .await
     }
+
+    async fn import(
+        &self,
+        clone_id: &CloneId,
+        archive: crate::source::ExportStream,
+    ) -> Result<ImportResponse, AgentError> {
+        // One attempt: the body is a stream that cannot be sent twice.
+        let token = self.token.get()?;
+        let response = self
+            .http
+            .post(format!("{}/v1/import?clone_id={clone_id}", self.base))
+            .bearer_auth(token)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-tar")
+            .timeout(IMPORT_TIMEOUT)
+            .body(reqwest::Body::wrap_stream(archive))
+            .send()
+            .await
+            .map_err(|err| AgentError::Unavailable(describe(&err)))?;
+        let status = response.status();
+        if status.is_success() {
+            return response
+                .json::<ImportResponse>()
+                .await
+                .map_err(|err| AgentError::Unavailable(format!("unreadable answer: {err}")));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            self.token.invalidate();
+        }
+        let body = response.text().await.unwrap_or_default();
+        Err(classify(status, &body))
+    }
 }
+
+/// Longest time an import (export streamed through, database loaded) may take.
+pub const IMPORT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 #[cfg(test)]
 pub mod fake {
@@ -330,6 +372,10 @@ pub mod fake {
         /// Claims being answered right now, and the most at once.
         pub in_flight: u32,
         pub max_in_flight: u32,
+        /// When set, imports fail with this error (and the pod is released, as a real agent does).
+        pub import_error: Option<AgentError>,
+        /// clone id → bytes of each archive imported.
+        pub imported: Vec<(String, usize)>,
     }
 
     pub struct FakeAgent {
@@ -478,6 +524,55 @@ pub mod fake {
                     draining: s.draining,
                     runtime_reachable: !s.runtime_unreachable,
                     ..Capacity::default()
+                })
+            })
+        }
+
+        async fn import(
+            &self,
+            clone_id: &CloneId,
+            mut archive: crate::source::ExportStream,
+        ) -> Result<ImportResponse, AgentError> {
+            use futures_util::StreamExt;
+            let mut bytes = 0;
+            while let Some(chunk) = archive.next().await {
+                match chunk {
+                    Ok(c) => bytes += c.len(),
+                    Err(e) => {
+                        self.with(|s| s.claims.remove(clone_id.as_str()));
+                        return Err(AgentError::Refused {
+                            status: 400,
+                            code: codes::BAD_REQUEST.into(),
+                            message: format!("bad archive: {e}"),
+                        });
+                    }
+                }
+            }
+            self.with(|s| {
+                if let Some(err) = s.import_error.clone() {
+                    s.claims.remove(clone_id.as_str());
+                    return Err(err);
+                }
+                let Some((pod, _)) = s.claims.get(clone_id.as_str()).cloned() else {
+                    return Err(AgentError::NotFound(format!(
+                        "no pod holds clone {clone_id}"
+                    )));
+                };
+                s.imported.push((clone_id.to_string(), bytes));
+                s.ready.insert(clone_id.to_string());
+                Ok(ImportResponse {
+                    pod_id: pod.parse().unwrap(),
+                    clone_id: clone_id.clone(),
+                    site_url: format!("http://{clone_id}.localhost:8080"),
+                    source_url: "https://source.test".into(),
+                    magic_login_url: format!(
+                        "http://{clone_id}.localhost:8080/?clonepool_login=fake-token"
+                    ),
+                    admin_username: "siteadmin".into(),
+                    admin_password: "imported-password".into(),
+                    sql_bytes: 0,
+                    files: 0,
+                    archive_bytes: bytes as u64,
                 })
             })
         }

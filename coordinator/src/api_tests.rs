@@ -71,6 +71,8 @@ async fn harness_with(warm: u32, max: u32, tune: impl FnOnce(&mut Config)) -> Ha
     config.retry_backoff_ms = 20;
     config.reaper_interval_ms = 50;
     config.url_allow_hosts = vec!["source.test".into()];
+    // These tests are about jobs, routing and the API over fake agents: no source site to copy.
+    config.source_import = false;
     tune(&mut config);
     let agent = FakeAgent::new("http://fake-agent", "node-a", warm, max);
     let upstream = echo_upstream().await;
@@ -567,6 +569,7 @@ async fn a_restart_resumes_a_job_left_running() {
         store.start_next_job(1).await.unwrap().unwrap();
     }
     let mut config = Config::with_data_dir(&data);
+    config.source_import = false;
     config.listen = "127.0.0.1:0".parse().unwrap();
     config.admin_listen = "127.0.0.1:0".parse().unwrap();
     config.edge_listen = "127.0.0.1:0".parse().unwrap();

@@ -155,6 +155,12 @@ pub struct Config {
     #[arg(long, env = "CLONEPOOL_URL_REJECT_UNRESOLVABLE")]
     pub url_reject_unresolvable: bool,
 
+    /// Clone jobs copy their source site: log in to it, export it through the clonepool migrator
+    /// plugin and import it into the claimed pod. `false`: a clone is the pod's fresh WordPress
+    /// (for measuring the pool itself).
+    #[arg(long, env = "CLONEPOOL_SOURCE_IMPORT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub source_import: bool,
+
     /// How long a URL's host may take to resolve during request validation, in milliseconds.
     #[arg(long, env = "CLONEPOOL_DNS_TIMEOUT_MS", default_value_t = 2000)]
     pub dns_timeout_ms: u64,

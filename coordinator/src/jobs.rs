@@ -1,7 +1,8 @@
 //! The durable job engine: takes pending jobs from the store (oldest due first) with bounded
 //! concurrency, runs them (a clone job claims a pod through the router), records progress,
 //! retries transient failures with exponential backoff up to the attempt limit, and fails the
-//! rest with a clear error. On start, [`JobEngine::recover`] resumes or fails every job a
+//! rest with a clear error. A clone job with a source imports the source site into the claimed
+//! pod: export from the source ([`crate::source`]) streamed into the agent's import route. On start, [`JobEngine::recover`] resumes or fails every job a
 //! stopped coordinator left `running`.
 
 use crate::edge::EdgeRoutes;
@@ -9,11 +10,12 @@ use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::registry::AgentView;
 use crate::router::{ClaimObserver, RouteError, Router};
+use crate::source::{SiteSource, SourceLogin};
 use crate::store::{ClaimOutcome, JobRow, Recovered, Store, StoreError};
 use crate::timestamps::now_ms;
 use async_trait::async_trait;
 use clonepool_common::agent_api::ReadyRequest;
-use clonepool_common::api::{ClonePath, JobState, JobType};
+use clonepool_common::api::{ClonePath, CloneRequest, JobState, JobType};
 use clonepool_common::ids::CloneId;
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,8 @@ pub struct JobEngine {
     settings: EngineSettings,
     slots: Arc<Semaphore>,
     wake: Notify,
+    /// Where clone jobs read their source site; `None`: a clone is the pod's fresh WordPress.
+    source: Option<Arc<dyn SiteSource>>,
 }
 
 impl JobEngine {
@@ -77,7 +81,14 @@ impl JobEngine {
             metrics,
             settings,
             wake: Notify::new(),
+            source: None,
         }
+    }
+
+    /// Clone jobs import their source site read through `source`.
+    pub fn with_source(mut self, source: Arc<dyn SiteSource>) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// Counts a job cancelled through the API.
@@ -281,19 +292,35 @@ impl JobEngine {
                 message: err.to_string(),
             })?;
         let path = ClonePath::from(claimed.response.path);
-        // Until the WordPress import lands, the clone is the pod's fresh WordPress: it serves
-        // as soon as it is claimed.
-        self.store
-            .set_progress(
-                &job.id,
-                80,
-                format!(
-                    "Pod claimed on {}; starting the site",
-                    claimed.response.node
-                ),
-                now_ms(),
-            )
-            .await?;
+        let node = claimed.response.node.to_string();
+        let (username, password, magic_login_url) = match &self.source {
+            None => {
+                // No source import configured: the clone is the pod's fresh WordPress.
+                self.store
+                    .set_progress(
+                        &job.id,
+                        80,
+                        format!("Pod claimed on {node}; starting the site"),
+                        now_ms(),
+                    )
+                    .await?;
+                (
+                    claimed.response.credentials.admin_username.clone(),
+                    claimed.response.credentials.admin_password.clone(),
+                    None,
+                )
+            }
+            Some(source) => {
+                let imported = self
+                    .import_source(source.as_ref(), job, &claimed.agent, &clone_id, &node)
+                    .await?;
+                (
+                    imported.admin_username,
+                    imported.admin_password,
+                    Some(imported.magic_login_url),
+                )
+            }
+        };
         self.mark_ready(&claimed.agent, &clone_id).await?;
         let outcome = ClaimOutcome {
             agent: claimed.agent.clone(),
@@ -301,8 +328,9 @@ impl JobEngine {
             pod_id: claimed.response.pod_id.to_string(),
             endpoint: claimed.response.endpoint.clone(),
             path,
-            username: claimed.response.credentials.admin_username.clone(),
-            password: claimed.response.credentials.admin_password.clone(),
+            username,
+            password,
+            magic_login_url,
         };
         match self
             .store
@@ -330,6 +358,85 @@ impl JobEngine {
 }
 
 impl JobEngine {
+    /// Exports the job's source site and streams it into the clone's pod. Every failure is final
+    /// (the job fails, the pod is released): the agent has already let go of the pod when its
+    /// import failed, and a wrong password does not improve on retry.
+    async fn import_source(
+        &self,
+        source: &dyn SiteSource,
+        job: &JobRow,
+        agent: &str,
+        clone_id: &CloneId,
+        node: &str,
+    ) -> Result<clonepool_common::agent_api::ImportResponse, JobFailure> {
+        let fail = |code: &str, message: String| JobFailure {
+            transient: false,
+            code: code.into(),
+            message,
+        };
+        let request: CloneRequest = serde_json::from_str(&job.request_json).map_err(|err| {
+            fail(
+                clonepool_common::error::codes::INTERNAL,
+                format!("the job's stored request is unreadable: {err}"),
+            )
+        })?;
+        let login = SourceLogin {
+            url: request.source_url.clone(),
+            username: request.source_username.clone(),
+            password: request.source_password.clone(),
+        };
+        self.store
+            .set_progress(
+                &job.id,
+                60,
+                format!(
+                    "Pod claimed on {node}; logging in to {} and checking the clonepool migrator plugin",
+                    login.url
+                ),
+                now_ms(),
+            )
+            .await?;
+        let archive = source
+            .open_export(&login)
+            .await
+            .map_err(|err| fail(err.code(), err.to_string()))?;
+        self.store
+            .set_progress(
+                &job.id,
+                70,
+                format!(
+                    "Exporting {} and importing it into the clone on {node}",
+                    login.url
+                ),
+                now_ms(),
+            )
+            .await?;
+        let client = self.router.registry().client(agent).ok_or_else(|| {
+            fail(
+                clonepool_common::error::codes::INTERNAL,
+                format!("the agent {agent} is no longer configured"),
+            )
+        })?;
+        let imported = client.import(clone_id, archive).await.map_err(|err| {
+            fail(
+                "import_failed",
+                format!("importing {} into the clone failed: {err}", login.url),
+            )
+        })?;
+        self.store
+            .set_progress(
+                &job.id,
+                90,
+                format!(
+                    "Imported {} ({} bytes, {} files); the clone is starting",
+                    login.url, imported.archive_bytes, imported.files
+                ),
+                now_ms(),
+            )
+            .await?;
+        Ok(imported)
+    }
+
     async fn mark_ready(&self, agent: &str, clone_id: &CloneId) -> Result<(), JobFailure> {
         let client = self
             .router
@@ -394,6 +501,8 @@ mod tests {
     use crate::agent_client::AgentClient;
     use crate::config::Placement;
     use crate::registry::AgentRegistry;
+    use crate::source::fake::FakeSource;
+    use crate::source::SourceError;
     use crate::store::tests::{clone_job, open_temp};
     use clonepool_common::api::{CloneStatus, JobResult};
 
@@ -402,9 +511,18 @@ mod tests {
         store: Store,
         engine: Arc<JobEngine>,
         registry: Arc<AgentRegistry>,
+        reaper: Arc<Reaper>,
     }
 
     async fn harness(agents: &[Arc<FakeAgent>], max_attempts: u32) -> Harness {
+        harness_with(agents, max_attempts, None).await
+    }
+
+    async fn harness_with(
+        agents: &[Arc<FakeAgent>],
+        max_attempts: u32,
+        source: Option<Arc<FakeSource>>,
+    ) -> Harness {
         let (dir, store) = open_temp();
         let clients: Vec<Arc<dyn AgentClient>> = agents
             .iter()
@@ -421,10 +539,10 @@ mod tests {
             edge.clone(),
             metrics.clone(),
         ));
-        let engine = Arc::new(JobEngine::new(
+        let engine = JobEngine::new(
             store.clone(),
             router,
-            reaper,
+            reaper.clone(),
             edge,
             metrics,
             EngineSettings {
@@ -432,13 +550,120 @@ mod tests {
                 max_attempts,
                 backoff_base: Duration::from_millis(1),
             },
-        ));
+        );
+        let engine = Arc::new(match source {
+            Some(source) => engine.with_source(source),
+            None => engine,
+        });
         Harness {
             _dir: dir,
             store,
             engine,
             registry,
+            reaper,
         }
+    }
+
+    #[tokio::test]
+    async fn a_clone_job_with_a_source_imports_it_and_answers_the_imported_login_and_magic_link() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let source = Arc::new(FakeSource::default());
+        let h = harness_with(std::slice::from_ref(&agent), 3, Some(source.clone())).await;
+        h.store
+            .create_job(clone_job("job-1", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+        let Some(JobResult::Clone(result)) = job.to_status().result else {
+            panic!("no result");
+        };
+        assert_eq!(result.username, "siteadmin");
+        assert_eq!(result.password, "imported-password");
+        assert_eq!(
+            result.magic_login_url.as_deref(),
+            Some("http://shop.localhost:8080/?clonepool_login=fake-token")
+        );
+        assert_eq!(*source.opened.lock().unwrap(), ["https://a.example/"]);
+        assert_eq!(
+            agent.with(|s| s.imported.clone()),
+            [("shop".to_string(), 7)]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_source_that_refuses_the_login_fails_the_job_clearly_and_releases_the_pod() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let source = Arc::new(FakeSource::default());
+        *source.fail.lock().unwrap() = Some(SourceError::BadCredentials("admin".into()));
+        let h = harness_with(std::slice::from_ref(&agent), 3, Some(source.clone())).await;
+        h.store
+            .create_job(clone_job("job-1", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error_code.as_deref(), Some("source_bad_credentials"));
+        assert!(job
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("refused the username or password of admin"));
+        assert_eq!(
+            source.opened.lock().unwrap().len(),
+            1,
+            "no retry with a wrong password"
+        );
+        let clone = h.store.clone_by_name("shop").await.unwrap().unwrap();
+        h.reaper.release(&clone).await.unwrap();
+        assert_eq!(
+            agent.with(|s| s.release_calls.get("shop").copied()),
+            Some(1)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_plugin_fails_with_how_to_install_it_by_hand() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let source = Arc::new(FakeSource::default());
+        *source.fail.lock().unwrap() = Some(SourceError::PluginMissing);
+        let h = harness_with(&[agent], 3, Some(source)).await;
+        h.store
+            .create_job(clone_job("job-1", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        let error = job.error.unwrap();
+        assert!(
+            error.contains("not installed") && error.contains("docs/migrator.md"),
+            "{error}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_import_the_agent_refuses_fails_the_job_with_the_agents_reason() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        agent.with(|s| {
+            s.import_error = Some(crate::agent_client::AgentError::Refused {
+                status: 400,
+                code: "bad_request".into(),
+                message: "hostile archive: entry \"/etc/passwd\" is an absolute path".into(),
+            })
+        });
+        let h = harness_with(&[agent], 3, Some(Arc::new(FakeSource::default()))).await;
+        h.store
+            .create_job(clone_job("job-1", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error_code.as_deref(), Some("import_failed"));
+        assert!(job.error.unwrap().contains("is an absolute path"));
     }
 
     async fn run_until_idle(h: &Harness) {

@@ -20,6 +20,7 @@ pub mod reaper;
 pub mod registry;
 pub mod router;
 pub mod server;
+pub mod source;
 pub mod store;
 pub mod timestamps;
 pub mod tls;
@@ -185,7 +186,12 @@ pub async fn start_with_agents(
         metrics.clone(),
     ));
     let router = Arc::new(Router::new(registry.clone(), config.placement));
-    let engine = Arc::new(JobEngine::new(
+    let policy = Arc::new(
+        UrlPolicy::new(&config.url_allow_hosts)
+            .rejecting_unresolvable(config.url_reject_unresolvable),
+    );
+    let lookup: Arc<dyn crate::url_guard::Lookup> = Arc::new(SystemLookup);
+    let engine = JobEngine::new(
         store.clone(),
         router,
         reaper.clone(),
@@ -196,7 +202,15 @@ pub async fn start_with_agents(
             max_attempts: config.job_max_attempts,
             backoff_base: Duration::from_millis(config.retry_backoff_ms),
         },
-    ));
+    );
+    let engine = Arc::new(if config.source_import {
+        engine.with_source(Arc::new(source::HttpSiteSource::new(
+            policy.clone(),
+            lookup.clone(),
+        )))
+    } else {
+        engine
+    });
     engine.recover().await?;
 
     let state = http_api::AppState {
@@ -205,11 +219,8 @@ pub async fn start_with_agents(
         reaper: reaper.clone(),
         registry: registry.clone(),
         edge: edge_routes.clone(),
-        policy: Arc::new(
-            UrlPolicy::new(&config.url_allow_hosts)
-                .rejecting_unresolvable(config.url_reject_unresolvable),
-        ),
-        lookup: Arc::new(SystemLookup),
+        policy,
+        lookup,
         api_tokens,
         agent_token,
         limits: http_api::Limits {

@@ -251,6 +251,7 @@ mod tests {
                     path: ClonePath::Warm,
                     username: "admin".into(),
                     password: "pw".into(),
+                    magic_login_url: None,
                 },
                 now,
             )

@@ -257,6 +257,8 @@ pub struct ClaimOutcome {
     pub path: ClonePath,
     pub username: String,
     pub password: String,
+    /// The clone's one-time login link, when the source site was imported.
+    pub magic_login_url: Option<String>,
 }
 
 /// The answer to ending a clone early.
@@ -852,7 +854,7 @@ impl Store {
                 clone_url: clone.clone_url.clone(),
                 username: claim.username.clone(),
                 password: claim.password.clone(),
-                magic_login_url: None,
+                magic_login_url: claim.magic_login_url.clone(),
                 expires_at: rfc3339(expires_at),
                 path: claim.path,
                 node: claim.node.clone(),
@@ -1432,7 +1434,7 @@ pub(crate) mod tests {
         NewJob {
             job_id: job_id.into(),
             job_type: JobType::Clone,
-            request_json: "{}".into(),
+            request_json: r#"{"source_url":"https://a.example/","source_username":"admin","source_password":"source-pw"}"#.into(),
             clone: Some(NewClone {
                 clone_id: clone_id.into(),
                 source_url: "https://a.example".into(),
@@ -1455,6 +1457,7 @@ pub(crate) mod tests {
             path: ClonePath::Warm,
             username: "admin".into(),
             password: "pw".into(),
+            magic_login_url: None,
         }
     }
 

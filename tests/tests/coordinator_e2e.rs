@@ -697,6 +697,7 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
         ),
         ("CLONEPOOL_API_TOKEN", token.clone()),
         ("CLONEPOOL_URL_ALLOW_HOSTS", "source.test".into()),
+        ("CLONEPOOL_SOURCE_IMPORT", "false".into()),
         ("CLONEPOOL_CAPACITY_POLL_MS", "200".into()),
         ("CLONEPOOL_RETRY_BACKOFF_MS", "500".into()),
     ];

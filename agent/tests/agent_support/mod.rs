@@ -101,6 +101,10 @@ pub fn emulate_image(fake: &FakeRuntime, world: Arc<PodWorld>) {
                 stderr: b"ERROR 1146 (42S02): Table 'wordpress.wp_options' doesn't exist (emulated)".to_vec(),
             }));
         }
+        if stdin.contains("clonepool_magic_login") {
+            // An import's clone settings: the first administrator's login name.
+            return Some(Ok(ok("siteadmin\n")));
+        }
         if stdin.contains("SELECT ROW_COUNT()") {
             // The claim's SQL: one admin user updated.
             return Some(Ok(ok("1\n")));

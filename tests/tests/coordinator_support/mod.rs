@@ -120,7 +120,8 @@ pub fn agent_token_file(agent_dir: &Path) -> PathBuf {
 pub const SOURCE_URL: &str = "https://source.test/";
 
 /// A coordinator configuration for tests: ephemeral ports, fast loops, `source.test`
-/// allow-listed (the clone is the pod's fresh WordPress until the migrator lands).
+/// allow-listed, no source import (the clone is the pod's fresh WordPress: these tests measure the
+/// pool, routing and the API; `tests/clone_e2e.rs` turns the import on).
 pub fn coordinator_config(
     data_dir: &Path,
     agent_url: &str,
@@ -139,6 +140,7 @@ pub fn coordinator_config(
     config.reaper_interval_ms = 200;
     config.retry_backoff_ms = 500;
     config.url_allow_hosts = vec!["source.test".into()];
+    config.source_import = false;
     config
 }
 
