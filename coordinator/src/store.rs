@@ -916,9 +916,7 @@ impl Store {
             } else {
                 format!("SELECT {CLONE_COLUMNS} FROM clones WHERE status != 'released' ORDER BY id")
             };
-            let mut stmt = conn.prepare_cached(&sql)?;
-            let rows = stmt.query_map([], clone_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            Ok(query_clones(conn, &sql, [])?)
         })
         .await
     }
@@ -1029,24 +1027,22 @@ impl Store {
     /// returned by exactly one call.
     pub async fn expire_due(&self, now: i64) -> Result<Vec<CloneRow>, StoreError> {
         self.write(move |conn| {
-            let mut stmt = conn.prepare_cached(&format!(
+            let sql = format!(
                 "UPDATE clones SET status = 'releasing', end_reason = 'expired', ended_at = ?1
                  WHERE status = 'ready' AND expires_at <= ?1
                  RETURNING {CLONE_COLUMNS}"
-            ))?;
-            let rows = stmt.query_map(params![now], clone_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            );
+            Ok(query_clones(conn, &sql, params![now])?)
         })
         .await
     }
 
     pub async fn releasing_clones(&self) -> Result<Vec<CloneRow>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!(
+            let sql = format!(
                 "SELECT {CLONE_COLUMNS} FROM clones WHERE status = 'releasing' ORDER BY id"
-            ))?;
-            let rows = stmt.query_map([], clone_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            );
+            Ok(query_clones(conn, &sql, [])?)
         })
         .await
     }
@@ -1068,11 +1064,8 @@ impl Store {
     /// Ready clones, for the edge proxy's routing table.
     pub async fn ready_clones(&self) -> Result<Vec<CloneRow>, StoreError> {
         self.read(|conn| {
-            let mut stmt = conn.prepare_cached(&format!(
-                "SELECT {CLONE_COLUMNS} FROM clones WHERE status = 'ready'"
-            ))?;
-            let rows = stmt.query_map([], clone_from_row)?;
-            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+            let sql = format!("SELECT {CLONE_COLUMNS} FROM clones WHERE status = 'ready'");
+            Ok(query_clones(conn, &sql, [])?)
         })
         .await
     }
@@ -1211,6 +1204,17 @@ fn job_from_row(row: &Row<'_>) -> rusqlite::Result<JobRow> {
         updated_at: row.get(12)?,
         not_before: row.get(13)?,
     })
+}
+
+/// Every clone row a statement selecting (or returning) `CLONE_COLUMNS` yields.
+fn query_clones<P: rusqlite::Params>(
+    conn: &Connection,
+    sql: &str,
+    params: P,
+) -> rusqlite::Result<Vec<CloneRow>> {
+    conn.prepare_cached(sql)?
+        .query_map(params, clone_from_row)?
+        .collect()
 }
 
 fn clone_from_row(row: &Row<'_>) -> rusqlite::Result<CloneRow> {
