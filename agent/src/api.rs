@@ -3,6 +3,7 @@
 //! claimed pod ([`crate::import`]). Also the optional periodic capacity push to a
 //! coordinator.
 
+use crate::export::{ExportConfig, ExportError};
 use crate::import::{ImportConfig, ImportError};
 use crate::pool::{PoolError, WarmPool};
 use crate::secrets::{constant_time_eq, Secret};
@@ -13,7 +14,10 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use clonepool_common::agent_api::{ClaimRequest, ImportQuery, ReadyRequest, ReleaseRequest};
+use clonepool_common::agent_api::{
+    ClaimRequest, ExportRequest, ImportQuery, ReadyRequest, ReleaseRequest,
+    EXPORT_SOURCE_URL_HEADER,
+};
 use clonepool_common::error::{codes, ErrorBody};
 use clonepool_common::ids::PodId;
 use std::sync::Arc;
@@ -28,6 +32,7 @@ struct ApiState {
     pool: WarmPool,
     token: Arc<Secret>,
     import: Arc<ImportConfig>,
+    export: Arc<ExportConfig>,
 }
 
 /// An error answer: status and `ErrorBody`.
@@ -129,6 +134,31 @@ impl From<ImportError> for ApiError {
     }
 }
 
+impl From<ExportError> for ApiError {
+    fn from(e: ExportError) -> Self {
+        let (status, code) = match &e {
+            ExportError::Pool(_) => {
+                let ExportError::Pool(p) = e else {
+                    unreachable!()
+                };
+                return p.into();
+            }
+            ExportError::BadRequest(_) => (StatusCode::BAD_REQUEST, codes::BAD_REQUEST),
+            ExportError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, codes::PAYLOAD_TOO_LARGE),
+            ExportError::Runtime(crate::runtime::RuntimeError::Unreachable(_)) => {
+                (StatusCode::SERVICE_UNAVAILABLE, codes::UNAVAILABLE)
+            }
+            ExportError::Pod { .. } | ExportError::Runtime(_) | ExportError::Internal(_) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, codes::INTERNAL)
+            }
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "export failed");
+        }
+        ApiError::new(status, code, e.to_string())
+    }
+}
+
 type ApiResult<T> = Result<T, ApiError>;
 
 async fn require_token(State(state): State<ApiState>, req: Request, next: Next) -> Response {
@@ -191,6 +221,28 @@ async fn import_site(
     ))
 }
 
+async fn export_site(
+    State(state): State<ApiState>,
+    body: Result<Json<ExportRequest>, JsonRejection>,
+) -> ApiResult<Response> {
+    let Json(req) = body?;
+    let archive = crate::export::export_clone(&state.pool, &req, &state.export).await?;
+    let len = archive.len;
+    let source_url = archive.source_url.clone();
+    let stream = crate::export::into_stream(archive).await?;
+    let mut resp = axum::body::Body::from_stream(stream).into_response();
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-tar"),
+    );
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_str(&source_url) {
+        headers.insert(EXPORT_SOURCE_URL_HEADER, v);
+    }
+    Ok(resp)
+}
+
 async fn capacity(State(state): State<ApiState>) -> ApiResult<impl IntoResponse> {
     Ok(Json(state.pool.capacity()?))
 }
@@ -228,10 +280,15 @@ async fn method_not_allowed() -> ApiError {
 
 /// The agent API router. Every route needs the bearer `token`.
 pub fn router(pool: WarmPool, token: Secret, import: ImportConfig) -> Router {
+    let export = ExportConfig {
+        max_bytes: import.max_bytes,
+        spool_dir: import.spool_dir.clone(),
+    };
     let state = ApiState {
         pool,
         token: Arc::new(token),
         import: Arc::new(import),
+        export: Arc::new(export),
     };
     Router::new()
         .route("/v1/claim", post(claim))
@@ -242,6 +299,7 @@ pub fn router(pool: WarmPool, token: Secret, import: ImportConfig) -> Router {
             "/v1/import",
             post(import_site).layer(DefaultBodyLimit::disable()),
         )
+        .route("/v1/export", post(export_site))
         .route("/v1/capacity", get(capacity))
         .route("/v1/pods", get(pods))
         .route("/v1/pods/{id}", get(pod))

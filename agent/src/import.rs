@@ -31,8 +31,9 @@ pub const CLONE_MU_PLUGIN: &str = "clonepool-clone.php";
 pub const MAGIC_OPTION: &str = "clonepool_magic_login";
 /// How long a magic login link works.
 pub const MAGIC_TTL: Duration = Duration::from_secs(15 * 60);
-/// The only table prefix imported for now (the pods' WordPress uses it).
-pub const TABLE_PREFIX: &str = "wp_";
+/// The option where an import keeps the source's own `blog_public` (a clone always blocks search
+/// engines; a restore puts the source's value back).
+pub const ORIGINAL_BLOG_PUBLIC_OPTION: &str = "clonepool_source_blog_public";
 /// Where the rewritten dump is put in the db container (emptied by every reset).
 const DB_SQL_PATH: &str = "/tmp/clonepool-import.sql";
 /// Largest JSON entry read (manifest, completion and error records).
@@ -279,9 +280,9 @@ pub fn spool_archive(input: impl Read, cfg: &ImportConfig) -> Result<Spooled, Im
                     m.format, m.format_version
                 )));
             }
-            if m.table_prefix != TABLE_PREFIX {
+            if !crate::export::valid_prefix(&m.table_prefix) {
                 return Err(ImportError::BadArchive(format!(
-                    "the source's table prefix is {:?}; clones support {TABLE_PREFIX:?} only for now",
+                    "manifest.json's table prefix {:?} is not 1 to 32 letters, digits or _",
                     m.table_prefix
                 )));
             }
@@ -549,8 +550,10 @@ fn sql_literal(s: &str) -> String {
 }
 
 /// The settings SQL run after the dump: fresh admin password, sessions ended, site URL, search
-/// engines blocked, the magic login stored. Prints the admin's login name.
+/// engines blocked (the source's own setting kept aside for a restore), the magic login stored.
+/// Prints the admin's login name.
 fn finalize_sql(
+    prefix: &str,
     site_url: &str,
     password: &Secret,
     token_hash: &str,
@@ -560,15 +563,17 @@ fn finalize_sql(
     let magic = format!("{token_hash}|{expires}|{}", host.to_ascii_lowercase());
     format!(
         "USE wordpress;\n\
-         SET @uid := (SELECT u.ID FROM wp_users u JOIN wp_usermeta m ON m.user_id = u.ID\n\
-           WHERE m.meta_key = 'wp_capabilities' AND m.meta_value LIKE '%\"administrator\"%' ORDER BY u.ID LIMIT 1);\n\
-         UPDATE wp_users SET user_pass = MD5({pw}) WHERE ID = @uid;\n\
-         DELETE FROM wp_usermeta WHERE meta_key = 'session_tokens';\n\
-         UPDATE wp_options SET option_value = {url} WHERE option_name IN ('siteurl', 'home');\n\
-         DELETE FROM wp_options WHERE option_name IN ('blog_public', '{MAGIC_OPTION}');\n\
-         INSERT INTO wp_options (option_name, option_value, autoload) VALUES ('blog_public', '0', 'yes');\n\
-         INSERT INTO wp_options (option_name, option_value, autoload) VALUES ('{MAGIC_OPTION}', CONCAT({magic}, '|', @uid), 'no');\n\
-         SELECT user_login FROM wp_users WHERE ID = @uid;\n",
+         SET @uid := (SELECT u.ID FROM {prefix}users u JOIN {prefix}usermeta m ON m.user_id = u.ID\n\
+           WHERE m.meta_key = '{prefix}capabilities' AND m.meta_value LIKE '%\"administrator\"%' ORDER BY u.ID LIMIT 1);\n\
+         UPDATE {prefix}users SET user_pass = MD5({pw}) WHERE ID = @uid;\n\
+         DELETE FROM {prefix}usermeta WHERE meta_key = 'session_tokens';\n\
+         UPDATE {prefix}options SET option_value = {url} WHERE option_name IN ('siteurl', 'home');\n\
+         SET @public := COALESCE((SELECT option_value FROM {prefix}options WHERE option_name = 'blog_public'), '1');\n\
+         DELETE FROM {prefix}options WHERE option_name IN ('blog_public', '{MAGIC_OPTION}', '{ORIGINAL_BLOG_PUBLIC_OPTION}');\n\
+         INSERT INTO {prefix}options (option_name, option_value, autoload) VALUES ('blog_public', '0', 'yes');\n\
+         INSERT INTO {prefix}options (option_name, option_value, autoload) VALUES ('{ORIGINAL_BLOG_PUBLIC_OPTION}', @public, 'no');\n\
+         INSERT INTO {prefix}options (option_name, option_value, autoload) VALUES ('{MAGIC_OPTION}', CONCAT({magic}, '|', @uid), 'no');\n\
+         SELECT user_login FROM {prefix}users WHERE ID = @uid;\n",
         pw = sql_literal(password.expose()),
         url = sql_literal(site_url),
         magic = sql_literal(&magic),
@@ -600,9 +605,10 @@ pub async fn apply(
     runtime
         .put_archive(pod, ContainerRole::Db, "/tmp", tar)
         .await?;
+    // The pod's own tables go first: the source may use another table prefix.
     let load = format!(
-        "{} wordpress < {DB_SQL_PATH}; rc=$?; rm -f {DB_SQL_PATH}; exit $rc",
-        MARIADB.join(" ")
+        "echo 'DROP DATABASE wordpress; CREATE DATABASE wordpress CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;' | {m} && {m} wordpress < {DB_SQL_PATH}; rc=$?; rm -f {DB_SQL_PATH}; exit $rc",
+        m = MARIADB.join(" ")
     );
     run(
         runtime,
@@ -614,6 +620,22 @@ pub async fn apply(
     )
     .await?;
     tracing::info!(pod = %pod, clone = %clone_id, ms = started.elapsed().as_millis() as u64, "import: database loaded");
+    let prefix = spooled.manifest.table_prefix.clone();
+    if prefix != "wp_" {
+        // The reset writes a fresh config with the image's prefix again.
+        let set = format!(
+            "sed -i \"s/^\\$table_prefix = .*/\\$table_prefix = '{prefix}';/\" /etc/wordpress/config-default.php && grep -q \"^\\$table_prefix = '{prefix}';\" /etc/wordpress/config-default.php"
+        );
+        run(
+            runtime,
+            pod,
+            ContainerRole::Web,
+            "setting the table prefix",
+            ExecRequest::new(["sh", "-c", set.as_str()]),
+            &[],
+        )
+        .await?;
+    }
 
     // wp-content: links replaced by copies first, then the archive's files.
     run(
@@ -651,6 +673,7 @@ pub async fn apply(
         "clone settings",
         ExecRequest::new(MARIADB.iter().copied())
             .stdin(finalize_sql(
+                &prefix,
                 &site_url,
                 &password,
                 &token_hash,
@@ -1012,6 +1035,7 @@ mod tests {
     fn the_clone_settings_store_only_the_token_hash_bound_to_the_host() {
         let pw = Secret::new("pw-123");
         let sql = finalize_sql(
+            "wp_",
             "http://c1.localhost:8080",
             &pw,
             "abcd",
@@ -1022,5 +1046,31 @@ mod tests {
         assert!(sql.contains("'blog_public', '0'"));
         assert!(sql.contains("MD5('pw-123')"));
         assert!(sql.contains("DELETE FROM wp_usermeta WHERE meta_key = 'session_tokens'"));
+        assert!(
+            sql.contains("'clonepool_source_blog_public', @public"),
+            "the source's own setting is kept for a restore: {sql}"
+        );
+    }
+
+    #[test]
+    fn the_clone_settings_use_the_source_table_prefix() {
+        let sql = finalize_sql(
+            "shop_",
+            "http://c1.localhost:8080",
+            &Secret::new("pw"),
+            "abcd",
+            1,
+            "c1.localhost:8080",
+        );
+        assert!(sql.contains("UPDATE shop_users SET user_pass"), "{sql}");
+        assert!(sql.contains("m.meta_key = 'shop_capabilities'"), "{sql}");
+        assert!(
+            sql.contains("UPDATE shop_options SET option_value"),
+            "{sql}"
+        );
+        assert!(
+            !sql.contains("wp_"),
+            "no table of the image's prefix: {sql}"
+        );
     }
 }

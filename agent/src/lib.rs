@@ -11,6 +11,7 @@ pub mod config;
 pub mod connecting_runtime;
 pub mod ctl;
 pub mod debug_socket;
+pub mod export;
 pub mod fingerprint;
 pub mod import;
 pub mod metrics;

@@ -912,6 +912,36 @@ impl WarmPool {
         Ok(work(rec).await)
     }
 
+    /// Runs `work` on the pod serving `clone` (READY), holding the clone's lock (a release waits
+    /// until the work is done) and the pod busy.
+    pub async fn with_ready_pod<T, F, Fut>(&self, clone: &CloneId, work: F) -> Result<T, PoolError>
+    where
+        F: FnOnce(PodRecord) -> Fut,
+        Fut: Future<Output = T>,
+    {
+        let _guard = self.lock_clone(clone).await;
+        let rec = self
+            .inner
+            .store
+            .find_by_clone(clone)?
+            .filter(|r| r.clone_id.as_ref() == Some(clone))
+            .ok_or_else(|| {
+                PoolError::NotFound(format!(
+                    "no pod holds clone {clone} on node {}",
+                    self.node()
+                ))
+            })?;
+        if rec.state != PodState::Ready {
+            return Err(PoolError::Conflict(format!(
+                "the pod {} of clone {clone} is {}; only a READY clone can be exported",
+                rec.id, rec.state
+            )));
+        }
+        let _busy = self.busy(&rec.id);
+        let _inflight = self.inflight();
+        Ok(work(rec).await)
+    }
+
     /// The clone's import is done: ASSIGNED → READY.
     pub async fn mark_ready(&self, clone: &CloneId) -> Result<PodSummary, PoolError> {
         let _guard = self.lock_clone(clone).await;

@@ -10,6 +10,9 @@
 //! - `GET /v1/pods`, `GET /v1/pods/{pod_id}` → [`PodSummary`].
 //! - `POST /v1/import?clone_id=…` with the migrator export archive (tar) as the body → 200
 //!   [`ImportResponse`]; the clone's pod is then READY. A refused or failed import releases the pod.
+//! - `POST /v1/export` [`ExportRequest`] → 200, the READY clone's site as a migrator import
+//!   archive (tar: `manifest.json`, `database.sql` rewritten to `target_url`, `wp-content/…`),
+//!   with `Content-Length`. Read through the container runtime, never through the clone's HTTP.
 
 use crate::ids::{CloneId, NodeName, PodId};
 use crate::pod::PodState;
@@ -139,6 +142,29 @@ pub struct PodSummary {
     /// Why the pod is QUARANTINED or was reported lost, when it is.
     pub reason: Option<String>,
 }
+
+/// Body of `POST /v1/export`: a READY clone's site, as an archive for another site's migrator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportRequest {
+    pub clone_id: CloneId,
+    /// The site the archive is for: the clone's URL is rewritten to it (serialized-safe; posts'
+    /// `guid` stays as it is).
+    pub target_url: String,
+    /// Include the database (default true).
+    #[serde(default = "yes")]
+    pub database: bool,
+    /// Include wp-content (default true).
+    #[serde(default = "yes")]
+    pub files: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Header of an export answer: the clone's own URL (what was rewritten to `target_url`).
+pub const EXPORT_SOURCE_URL_HEADER: &str = "x-clonepool-source-url";
 
 /// Query of `POST /v1/import?clone_id=…`: the body is the migrator plugin's export archive (tar),
 /// streamed. The site goes into the pod ASSIGNED to the clone, which is then READY.

@@ -11,6 +11,7 @@
 //! | GET | `/api/v2/job-status/{job_id}` | → [`JobStatus`] |
 //! | DELETE | `/api/v2/job-status/{job_id}` (or POST `…/cancel`) | cancel a pending job → [`JobStatus`] |
 //! | POST | `/api/v2/restore` | [`RestoreRequest`] → 202 [`JobAccepted`] |
+//! | POST | `/api/v2/rollback` | [`RollbackRequest`] → 202 [`JobAccepted`] |
 //! | DELETE | `/api/v2/delete/{clone_id}` | → [`DeleteResponse`] |
 //! | GET | `/api/v2/clones`, `/api/v2/clones/{clone_id}` | → [`CloneList`], [`CloneInfo`] |
 //! | POST | `/api/v2/clones/{clone_id}/extend` | [`ExtendRequest`] → [`CloneInfo`] |
@@ -121,12 +122,59 @@ pub struct CloneRef {
 }
 
 /// `POST /api/v2/restore`: push a clone back to a production site.
+///
+/// The target's clonepool migrator plugin backs up what the push replaces before it changes
+/// anything; the job's result names that backup, and `POST /api/v2/rollback` restores it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RestoreRequest {
     pub source: RestoreSource,
     pub target: SiteLogin,
+    /// Push the database (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<bool>,
+    /// Push wp-content files (default true). Files the clone lacks are not deleted on the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<bool>,
+    /// Only these tables (with or without the table prefix); all of the site's tables when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tables: Option<Vec<String>>,
+    /// Also replace the target's users and usermeta (default false: production keeps its
+    /// accounts, passwords and sessions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub include_users: Option<bool>,
+}
+
+/// Longest accepted `tables` list of a restore.
+pub const MAX_RESTORE_TABLES: usize = 500;
+
+/// `POST /api/v2/rollback`: put a target site back as it was before a restore.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    pub target: SiteLogin,
+    /// The `backup_id` of a restore job's result.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "20261125T094617Z-2738fe086624f1cf")
+    )]
+    pub backup_id: String,
+}
+
+/// Whether `id` has the shape of a migrator backup id: `YYYYMMDDTHHMMSSZ-` and 16 hex digits.
+pub fn is_backup_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 33
+        && b[..8].iter().all(u8::is_ascii_digit)
+        && b[8] == b'T'
+        && b[9..15].iter().all(u8::is_ascii_digit)
+        && b[15] == b'Z'
+        && b[16] == b'-'
+        && b[17..]
+            .iter()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
 }
 
 /// Lifecycle of a job.
@@ -192,6 +240,7 @@ impl std::str::FromStr for JobState {
 pub enum JobType {
     Clone,
     Restore,
+    Rollback,
 }
 
 impl JobType {
@@ -199,6 +248,7 @@ impl JobType {
         match self {
             JobType::Clone => "clone",
             JobType::Restore => "restore",
+            JobType::Rollback => "rollback",
         }
     }
 }
@@ -209,6 +259,7 @@ impl std::str::FromStr for JobType {
         match s {
             "clone" => Ok(JobType::Clone),
             "restore" => Ok(JobType::Restore),
+            "rollback" => Ok(JobType::Rollback),
             other => Err(format!("unknown job type {other:?}")),
         }
     }
@@ -311,6 +362,56 @@ impl fmt::Debug for CloneResult {
 #[serde(untagged)]
 pub enum JobResult {
     Clone(CloneResult),
+    Restore(RestoreResult),
+    Rollback(RollbackResult),
+}
+
+/// Result of a completed restore job: what was pushed to the target, and the backup the target
+/// made first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestoreResult {
+    pub target_url: String,
+    /// The clone that was pushed.
+    pub source_clone_id: String,
+    /// The clone's URL, rewritten to `target_url` in everything pushed.
+    pub source_url: String,
+    /// Pass it to `POST /api/v2/rollback` to undo this restore.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(example = "20261125T094617Z-2738fe086624f1cf")
+    )]
+    pub backup_id: String,
+    pub tables_imported: Vec<String>,
+    pub files_written: u64,
+    pub files_created: u64,
+    pub files_unchanged: u64,
+    /// Tables and files left alone (users unless asked, excluded paths, …), with reasons.
+    pub skipped_count: u64,
+    pub skipped: Vec<SkippedItem>,
+    pub warnings: Vec<String>,
+    /// Bytes of the archive pushed.
+    pub archive_bytes: u64,
+}
+
+/// Something a restore left alone, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct SkippedItem {
+    pub item: String,
+    pub reason: String,
+}
+
+/// Result of a completed rollback job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RollbackResult {
+    pub target_url: String,
+    pub backup_id: String,
+    pub tables_restored: Vec<String>,
+    pub tables_dropped: Vec<String>,
+    pub files_restored: u64,
+    pub files_removed: u64,
 }
 
 /// `GET /api/v2/job-status/{job_id}`.

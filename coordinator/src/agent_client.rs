@@ -5,8 +5,8 @@
 use crate::auth::parse_token_file;
 use async_trait::async_trait;
 use clonepool_common::agent_api::{
-    Capacity, ClaimRequest, ClaimResponse, ImportResponse, PodSummary, ReadyRequest,
-    ReleaseRequest, ReleaseResponse,
+    Capacity, ClaimRequest, ClaimResponse, ExportRequest, ImportResponse, PodSummary, ReadyRequest,
+    ReleaseRequest, ReleaseResponse, EXPORT_SOURCE_URL_HEADER,
 };
 use clonepool_common::error::{codes, ErrorBody};
 use clonepool_common::ids::CloneId;
@@ -75,8 +75,20 @@ pub trait AgentClient: Send + Sync + 'static {
     async fn import(
         &self,
         clone_id: &CloneId,
-        archive: crate::source::ExportStream,
+        archive: crate::wp_site::ExportStream,
     ) -> Result<ImportResponse, AgentError>;
+    /// Opens a READY clone's site as an import archive for another site (see
+    /// `clonepool_common::agent_api::ExportRequest`).
+    async fn export(&self, request: &ExportRequest) -> Result<ClonedSiteArchive, AgentError>;
+}
+
+/// A clone's site, as the agent exports it.
+pub struct ClonedSiteArchive {
+    pub stream: crate::wp_site::ExportStream,
+    /// Bytes of the archive (the agent spools it first).
+    pub len: Option<u64>,
+    /// The clone's URL, rewritten to the target's in the archive.
+    pub source_url: String,
 }
 
 /// The agent bearer token, read from the agent's token file when first needed and again
@@ -304,7 +316,7 @@ impl AgentClient for HttpAgentClient {
     async fn import(
         &self,
         clone_id: &CloneId,
-        archive: crate::source::ExportStream,
+        archive: crate::wp_site::ExportStream,
     ) -> Result<ImportResponse, AgentError> {
         // One attempt: the body is a stream that cannot be sent twice.
         let token = self.token.get()?;
@@ -330,6 +342,61 @@ impl AgentClient for HttpAgentClient {
         }
         let body = response.text().await.unwrap_or_default();
         Err(classify(status, &body))
+    }
+
+    async fn export(&self, request: &ExportRequest) -> Result<ClonedSiteArchive, AgentError> {
+        self.export_archive(request).await
+    }
+}
+
+impl HttpAgentClient {
+    async fn export_archive(
+        &self,
+        request: &ExportRequest,
+    ) -> Result<ClonedSiteArchive, AgentError> {
+        for attempt in 0..2 {
+            let token = self.token.get()?;
+            let response = self
+                .http
+                .post(format!("{}/v1/export", self.base))
+                .bearer_auth(token)
+                .json(request)
+                // The agent dumps and spools the whole site before it answers.
+                .timeout(IMPORT_TIMEOUT)
+                .send()
+                .await
+                .map_err(|err| AgentError::Unavailable(describe(&err)))?;
+            let status = response.status();
+            if status.is_success() {
+                let source_url = response
+                    .headers()
+                    .get(EXPORT_SOURCE_URL_HEADER)
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_string();
+                let len = response.content_length();
+                let base = self.base.clone();
+                let stream =
+                    futures_util::TryStreamExt::map_err(response.bytes_stream(), move |e| {
+                        std::io::Error::other(format!(
+                            "the export from the agent {base} broke off: {}",
+                            describe(&e)
+                        ))
+                    });
+                return Ok(ClonedSiteArchive {
+                    stream: Box::pin(stream),
+                    len,
+                    source_url,
+                });
+            }
+            if status == StatusCode::UNAUTHORIZED && attempt == 0 {
+                self.token.invalidate();
+                continue;
+            }
+            let body = response.text().await.unwrap_or_default();
+            return Err(classify(status, &body));
+        }
+        Err(AgentError::Unauthorized)
     }
 }
 
@@ -376,6 +443,8 @@ pub mod fake {
         pub import_error: Option<AgentError>,
         /// clone id → bytes of each archive imported.
         pub imported: Vec<(String, usize)>,
+        /// Export requests answered.
+        pub exports: Vec<ExportRequest>,
     }
 
     pub struct FakeAgent {
@@ -531,7 +600,7 @@ pub mod fake {
         async fn import(
             &self,
             clone_id: &CloneId,
-            mut archive: crate::source::ExportStream,
+            mut archive: crate::wp_site::ExportStream,
         ) -> Result<ImportResponse, AgentError> {
             use futures_util::StreamExt;
             let mut bytes = 0;
@@ -573,6 +642,30 @@ pub mod fake {
                     sql_bytes: 0,
                     files: 0,
                     archive_bytes: bytes as u64,
+                })
+            })
+        }
+
+        async fn export(&self, request: &ExportRequest) -> Result<ClonedSiteArchive, AgentError> {
+            self.with(|s| {
+                if s.down {
+                    return Err(AgentError::Unavailable("connection refused".into()));
+                }
+                if !s.ready.contains(request.clone_id.as_str()) {
+                    return Err(AgentError::Refused {
+                        status: 409,
+                        code: codes::CONFLICT.into(),
+                        message: format!("clone {} is not READY here", request.clone_id),
+                    });
+                }
+                s.exports.push(request.clone());
+                let body = format!("archive of {} for {}", request.clone_id, request.target_url);
+                Ok(ClonedSiteArchive {
+                    len: Some(body.len() as u64),
+                    stream: Box::pin(futures_util::stream::once(async move {
+                        Ok(bytes::Bytes::from(body))
+                    })),
+                    source_url: format!("http://{}.localhost:8080", request.clone_id),
                 })
             })
         }

@@ -200,7 +200,10 @@ async fn with_the_pool_exhausted_the_next_clone_goes_cold_and_a_full_node_fails_
         let done = h.wait(&job.job.job_id).await;
         paths.push((
             done.status,
-            done.result.map(|JobResult::Clone(r)| r.path),
+            done.result.and_then(|result| match result {
+                JobResult::Clone(r) => Some(r.path),
+                _ => None,
+            }),
             done.error_code,
         ));
     }
@@ -344,27 +347,48 @@ async fn a_full_queue_answers_429_and_pending_jobs_can_be_cancelled() {
 }
 
 #[tokio::test]
-async fn restore_jobs_are_accepted_and_fail_with_a_clear_message_for_now() {
+async fn restores_and_rollbacks_fail_clearly_when_the_coordinator_talks_to_no_sites() {
     let h = harness(1, 1).await;
-    let response = h
-        .raw
-        .post(h.url("/api/v2/restore"))
-        .bearer_auth(TOKEN)
-        .json(&json!({
-            "source": {"url": "https://source.test", "username": "a", "password": "p"},
-            "target": {"url": "https://source.test/prod", "username": "a", "password": "q"}
-        }))
-        .send()
+    let accepted = h
+        .api
+        .clone_site(&clone_request(Some("shop")), None)
         .await
         .unwrap();
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    let job_id = response.json::<serde_json::Value>().await.unwrap()["job_id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let done = h.wait(&job_id).await;
-    assert_eq!(done.status, JobState::Failed);
-    assert!(done.error.unwrap().contains("WordPress migrator"));
+    let done = h.wait(&accepted.job.job_id).await;
+    assert_eq!(done.status, JobState::Completed, "{done:?}");
+    for (path, body) in [
+        (
+            "/api/v2/restore",
+            json!({"source": {"clone_id": "shop"},
+                   "target": {"url": "https://source.test", "username": "a", "password": "q"}}),
+        ),
+        (
+            "/api/v2/rollback",
+            json!({"target": {"url": "https://source.test", "username": "a", "password": "q"},
+                   "backup_id": "20261125T094617Z-2738fe086624f1cf"}),
+        ),
+    ] {
+        let response = h
+            .raw
+            .post(h.url(path))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED, "{path}");
+        let job_id = response.json::<serde_json::Value>().await.unwrap()["job_id"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let done = h.wait(&job_id).await;
+        assert_eq!(done.status, JobState::Failed, "{path}");
+        assert_eq!(done.attempts, 1, "not retried");
+        assert!(
+            done.error.unwrap().contains("talk to WordPress sites"),
+            "{path}"
+        );
+    }
     h.coordinator.shutdown().await;
 }
 
@@ -425,8 +449,17 @@ async fn bad_inputs_get_their_documented_errors() {
         ("POST", "/api/v2/clone".into(), Some(TOKEN), Some(with("source_url", json!("http://[::ffff:127.0.0.1]/"))), 400, "forbidden_url"),
         ("POST", "/api/v2/clone".into(), Some(TOKEN), Some(with("source_url", json!("http://[fd00::1]/"))), 400, "forbidden_url"),
         ("POST", "/api/v2/clone".into(), Some(TOKEN), Some(with("source_url", json!("http://0x7f000001/"))), 400, "forbidden_url"),
-        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(restore_to("http://169.254.169.254/")), 404, "not_found"),
-        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(json!({"source": {"url": "http://127.0.0.1/", "username": "a", "password": "p"}, "target": {"url": "https://source.test", "username": "a", "password": "p"}}).to_string()), 400, "forbidden_url"),
+        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(restore_to("http://169.254.169.254/")), 400, "forbidden_url"),
+        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(restore_to("https://source.test")), 404, "not_found"),
+        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(json!({"source": {"url": "http://127.0.0.1/", "username": "a", "password": "p"}, "target": {"url": "https://source.test", "username": "a", "password": "p"}}).to_string()), 404, "not_found"),
+        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(json!({"source": {"clone_id": "shop"}, "target": {"url": "https://source.test", "username": "a", "password": "p"}, "database": false, "files": false}).to_string()), 400, "bad_request"),
+        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(json!({"source": {"clone_id": "shop"}, "target": {"url": "https://source.test", "username": "a", "password": "p"}, "tables": ["wp_posts; DROP TABLE x"]}).to_string()), 400, "bad_request"),
+        ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(json!({"source": {"clone_id": "shop"}, "target": {"url": "https://source.test", "username": "a", "password": "p"}, "tables": []}).to_string()), 400, "bad_request"),
+        ("POST", "/api/v2/rollback".into(), None, Some(json!({"target": {"url": "https://source.test", "username": "a", "password": "p"}, "backup_id": "20261125T094617Z-2738fe086624f1cf"}).to_string()), 401, "unauthorized"),
+        ("POST", "/api/v2/rollback".into(), Some(TOKEN), Some(json!({"target": {"url": "https://source.test", "username": "a", "password": "p"}, "backup_id": "../../etc/passwd"}).to_string()), 400, "bad_request"),
+        ("POST", "/api/v2/rollback".into(), Some(TOKEN), Some(json!({"target": {"url": "https://source.test", "username": "a", "password": "p"}}).to_string()), 400, "bad_request"),
+        ("POST", "/api/v2/rollback".into(), Some(TOKEN), Some(json!({"target": {"url": "http://10.1.1.1/", "username": "a", "password": "p"}, "backup_id": "20261125T094617Z-2738fe086624f1cf"}).to_string()), 400, "forbidden_url"),
+        ("POST", "/api/v2/rollback".into(), Some(TOKEN), Some(json!({"target": {"url": "https://source.test", "username": "a", "password": ""}, "backup_id": "20261125T094617Z-2738fe086624f1cf"}).to_string()), 400, "bad_request"),
         ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(json!({"source": {"url": "https://source.test", "username": "a", "password": "p"}, "target": {"url": "http://10.1.1.1/", "username": "a", "password": "p"}}).to_string()), 400, "forbidden_url"),
         ("POST", "/api/v2/restore".into(), Some(TOKEN), Some(json!({"source": {"bogus": 1}, "target": {"url": "https://source.test", "username": "a", "password": "p"}}).to_string()), 400, "bad_request"),
         ("GET", "/api/v2/job-status/NOT-A-JOB".into(), Some(TOKEN), None, 400, "bad_request"),

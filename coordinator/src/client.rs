@@ -8,7 +8,7 @@
 
 use clonepool_common::api::{
     CloneInfo, CloneList, CloneRequest, DeleteResponse, ExtendRequest, JobAccepted, JobStatus,
-    PoolStatus, RestoreRequest, IDEMPOTENCY_KEY_HEADER,
+    PoolStatus, RestoreRequest, RollbackRequest, IDEMPOTENCY_KEY_HEADER,
 };
 use clonepool_common::error::ErrorBody;
 use reqwest::{Method, StatusCode};
@@ -224,6 +224,16 @@ impl ApiClient {
         idempotency_key: Option<&str>,
     ) -> Result<Accepted, ClientError> {
         self.accepted("/api/v2/restore", request, idempotency_key)
+            .await
+    }
+
+    /// `POST /api/v2/rollback`.
+    pub async fn rollback(
+        &self,
+        request: &RollbackRequest,
+        idempotency_key: Option<&str>,
+    ) -> Result<Accepted, ClientError> {
+        self.accepted("/api/v2/rollback", request, idempotency_key)
             .await
     }
 

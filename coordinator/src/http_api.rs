@@ -15,7 +15,9 @@ use crate::store::{
 };
 use crate::timestamps::now_ms;
 use crate::url_guard::{Lookup, UrlPolicy};
-use crate::validation::{check_clone_fields, check_restore_fields, check_url, field_problems};
+use crate::validation::{
+    check_clone_fields, check_restore_fields, check_rollback_fields, check_url, field_problems,
+};
 use axum::extract::{FromRequest, Path, RawQuery, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::Next;
@@ -25,7 +27,7 @@ use axum::{Json, Router};
 use clonepool_common::agent_api::Capacity;
 use clonepool_common::api::{
     CloneInfo, CloneList, CloneRequest, CloneStatus, DeleteResponse, ExtendRequest, JobAccepted,
-    JobState, JobStatus, JobType, PoolStatus, RestoreRequest, RestoreSource,
+    JobState, JobStatus, JobType, PoolStatus, RestoreRequest, RestoreSource, RollbackRequest,
     IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY_LEN, MAX_TTL_MINUTES, MIN_TTL_MINUTES,
 };
 use serde::de::DeserializeOwned;
@@ -85,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v2/job-status/{job_id}/cancel", post(cancel_job))
         .route("/api/v2/restore", post(post_restore))
+        .route("/api/v2/rollback", post(post_rollback))
         .route("/api/v2/delete/{clone_id}", delete(delete_clone))
         .route("/api/v2/clones", get(list_clones))
         .route("/api/v2/clones/{clone_id}", get(get_clone))
@@ -473,9 +476,9 @@ pub async fn cancel_job_by_delete(
     request_body = RestoreRequest,
     params(("Idempotency-Key" = Option<String>, Header)),
     responses(
-        (status = 202, description = "Job queued. Until the WordPress migrator lands, restore jobs fail with a clear message.", body = JobAccepted),
+        (status = 202, description = "Job queued: the clone is exported through its agent, rewritten to the target's URL and pushed into the target's migrator plugin, which backs up first. The result names the backup.", body = JobAccepted),
         (status = 400, description = "Bad input or refused URL", body = crate::openapi::ErrorBodyDoc),
-        (status = 404, description = "source.clone_id names no live clone", body = crate::openapi::ErrorBodyDoc),
+        (status = 404, description = "source.clone_id (or source.url) names no ready clone", body = crate::openapi::ErrorBodyDoc),
         (status = 413, description = "Body too large", body = crate::openapi::ErrorBodyDoc),
         (status = 422, description = "Idempotency-Key reused with a different body", body = crate::openapi::ErrorBodyDoc),
         (status = 429, description = "Too many jobs waiting", body = crate::openapi::ErrorBodyDoc),
@@ -491,9 +494,29 @@ pub async fn post_restore(
     check_restore_fields(&body.value).map_err(field_problems)?;
     let lookup = state.lookup.as_ref();
     let timeout = state.limits.dns_timeout;
+    check_url(
+        &state.policy,
+        lookup,
+        timeout,
+        "target.url",
+        &body.value.target.url,
+    )
+    .await?;
     match &body.value.source {
         RestoreSource::Site(site) => {
-            check_url(&state.policy, lookup, timeout, "source.url", &site.url).await?;
+            // The old API named the clone by its URL and login; it is never fetched.
+            let live = state
+                .store
+                .clone_by_url(&site.url)
+                .await
+                .map_err(store_error)?
+                .is_some_and(|c| c.status == CloneStatus::Ready);
+            if !live {
+                return Err(ApiError::not_found(format!(
+                    "source.url {:?} is not the URL of a ready clone of this coordinator (a restore reads from a clone)",
+                    site.url
+                )));
+            }
         }
         RestoreSource::Clone(clone) => {
             let live = state
@@ -510,18 +533,60 @@ pub async fn post_restore(
             }
         }
     }
-    check_url(
-        &state.policy,
-        lookup,
-        timeout,
-        "target.url",
-        &body.value.target.url,
-    )
-    .await?;
     let idempotency = idempotency_key(&headers, "restore", &body.canonical)?;
     let job = NewJob {
         job_id: new_job_id(),
         job_type: JobType::Restore,
+        request_json: serde_json::to_string(&body.value)
+            .map_err(|err| ApiError::internal(err.to_string()))?,
+        clone: None,
+        idempotency,
+        max_queued: state.limits.max_queued_jobs,
+        now: now_ms(),
+    };
+    match state.store.create_job(job).await.map_err(store_error)? {
+        Created::New(job) => {
+            state.engine.wake();
+            Ok(accepted(&job, false))
+        }
+        Created::Replayed(job) => Ok(accepted(&job, true)),
+    }
+}
+
+/// Put a target site back from a backup a restore made.
+#[utoipa::path(
+    post,
+    path = "/api/v2/rollback",
+    request_body = RollbackRequest,
+    params(("Idempotency-Key" = Option<String>, Header)),
+    responses(
+        (status = 202, description = "Job queued: the target's migrator plugin restores the backup's tables and files and removes what the restore created.", body = JobAccepted),
+        (status = 400, description = "Bad input or refused URL", body = crate::openapi::ErrorBodyDoc),
+        (status = 413, description = "Body too large", body = crate::openapi::ErrorBodyDoc),
+        (status = 422, description = "Idempotency-Key reused with a different body", body = crate::openapi::ErrorBodyDoc),
+        (status = 429, description = "Too many jobs waiting", body = crate::openapi::ErrorBodyDoc),
+    ),
+    security(("bearer" = [])),
+    tag = "restores"
+)]
+pub async fn post_rollback(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: JsonBody<RollbackRequest>,
+) -> Result<Response, ApiError> {
+    check_rollback_fields(&body.value).map_err(field_problems)?;
+    check_url(
+        &state.policy,
+        state.lookup.as_ref(),
+        state.limits.dns_timeout,
+        "target.url",
+        &body.value.target.url,
+    )
+    .await?;
+    let idempotency = idempotency_key(&headers, "rollback", &body.canonical)?;
+    let job = NewJob {
+        job_id: new_job_id(),
+        job_type: JobType::Rollback,
         request_json: serde_json::to_string(&body.value)
             .map_err(|err| ApiError::internal(err.to_string()))?,
         clone: None,

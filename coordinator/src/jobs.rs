@@ -2,28 +2,34 @@
 //! concurrency, runs them (a clone job claims a pod through the router), records progress,
 //! retries transient failures with exponential backoff up to the attempt limit, and fails the
 //! rest with a clear error. A clone job with a source imports the source site into the claimed
-//! pod: export from the source ([`crate::source`]) streamed into the agent's import route. On start, [`JobEngine::recover`] resumes or fails every job a
-//! stopped coordinator left `running`.
+//! pod: export from the source ([`crate::wp_site`]) streamed into the agent's import route. A
+//! restore job exports a live clone through its agent (rewritten to the target's URL) and pushes
+//! it into the target's migrator plugin, which backs up first; a rollback job asks the target's
+//! plugin to restore such a backup. On start, [`JobEngine::recover`] resumes or fails every job
+//! a stopped coordinator left `running`.
 
 use crate::edge::EdgeRoutes;
 use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::registry::AgentView;
 use crate::router::{ClaimObserver, RouteError, Router};
-use crate::source::{SiteSource, SourceLogin};
 use crate::store::{ClaimOutcome, JobRow, Recovered, Store, StoreError};
 use crate::timestamps::now_ms;
+use crate::wp_site::{PushOptions, SiteClient, SiteRole, WpLogin};
 use async_trait::async_trait;
-use clonepool_common::agent_api::ReadyRequest;
-use clonepool_common::api::{ClonePath, CloneRequest, JobState, JobType};
+use clonepool_common::agent_api::{ExportRequest, ReadyRequest};
+use clonepool_common::api::{
+    ClonePath, CloneRequest, CloneStatus, JobResult, JobState, JobType, RestoreRequest,
+    RestoreResult, RestoreSource, RollbackRequest, RollbackResult,
+};
 use clonepool_common::ids::CloneId;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 
-/// Message of a restore job until the WordPress migrator exists.
-pub const RESTORE_UNAVAILABLE: &str =
-    "restore needs the WordPress migrator (not yet available in this version of clonepool)";
+/// Message of restore and rollback jobs when the coordinator talks to no sites.
+pub const SITES_DISABLED: &str =
+    "restores and rollbacks need the coordinator to talk to WordPress sites, which this coordinator was started without (--source-import=false)";
 
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
@@ -59,8 +65,9 @@ pub struct JobEngine {
     settings: EngineSettings,
     slots: Arc<Semaphore>,
     wake: Notify,
-    /// Where clone jobs read their source site; `None`: a clone is the pod's fresh WordPress.
-    source: Option<Arc<dyn SiteSource>>,
+    /// The WordPress sites clone jobs read and restore jobs write; `None`: a clone is the pod's
+    /// fresh WordPress, and restores fail.
+    sites: Option<Arc<dyn SiteClient>>,
 }
 
 impl JobEngine {
@@ -81,13 +88,14 @@ impl JobEngine {
             metrics,
             settings,
             wake: Notify::new(),
-            source: None,
+            sites: None,
         }
     }
 
-    /// Clone jobs import their source site read through `source`.
-    pub fn with_source(mut self, source: Arc<dyn SiteSource>) -> Self {
-        self.source = Some(source);
+    /// Clone jobs import their source site, and restore jobs push to their target, through
+    /// `sites`.
+    pub fn with_sites(mut self, sites: Arc<dyn SiteClient>) -> Self {
+        self.sites = Some(sites);
         self
     }
 
@@ -206,11 +214,8 @@ impl JobEngine {
         tracing::info!(job = %job.id, kind = job.job_type.as_str(), attempt = job.attempts, "job started");
         let outcome = match job.job_type {
             JobType::Clone => self.run_clone(&job).await,
-            JobType::Restore => Err(JobFailure {
-                transient: false,
-                code: "not_implemented".into(),
-                message: RESTORE_UNAVAILABLE.into(),
-            }),
+            JobType::Restore => self.run_restore(&job).await,
+            JobType::Rollback => self.run_rollback(&job).await,
         };
         let Err(failure) = outcome else { return };
         let now = now_ms();
@@ -293,7 +298,7 @@ impl JobEngine {
             })?;
         let path = ClonePath::from(claimed.response.path);
         let node = claimed.response.node.to_string();
-        let (username, password, magic_login_url) = match &self.source {
+        let (username, password, magic_login_url) = match &self.sites {
             None => {
                 // No source import configured: the clone is the pod's fresh WordPress.
                 self.store
@@ -363,7 +368,7 @@ impl JobEngine {
     /// import failed, and a wrong password does not improve on retry.
     async fn import_source(
         &self,
-        source: &dyn SiteSource,
+        source: &dyn SiteClient,
         job: &JobRow,
         agent: &str,
         clone_id: &CloneId,
@@ -380,7 +385,7 @@ impl JobEngine {
                 format!("the job's stored request is unreadable: {err}"),
             )
         })?;
-        let login = SourceLogin {
+        let login = WpLogin {
             url: request.source_url.clone(),
             username: request.source_username.clone(),
             password: request.source_password.clone(),
@@ -396,10 +401,11 @@ impl JobEngine {
                 now_ms(),
             )
             .await?;
+        let progress = self.progress_note(&job.id, 65);
         let archive = source
-            .open_export(&login)
+            .open_export(&login, &progress)
             .await
-            .map_err(|err| fail(err.code(), err.to_string()))?;
+            .map_err(|err| fail(&err.code(SiteRole::Source), err.to_string()))?;
         self.store
             .set_progress(
                 &job.id,
@@ -435,6 +441,326 @@ impl JobEngine {
             )
             .await?;
         Ok(imported)
+    }
+
+    /// A progress callback for site operations: records `message` at `percent` (in the
+    /// background; a lost progress note is harmless).
+    fn progress_note(&self, job_id: &str, percent: u8) -> impl Fn(String) + Send + Sync {
+        let store = self.store.clone();
+        let job_id = job_id.to_string();
+        move |message: String| {
+            let store = store.clone();
+            let job_id = job_id.clone();
+            tokio::spawn(async move {
+                let _ = store
+                    .set_progress(&job_id, percent, message, now_ms())
+                    .await;
+            });
+        }
+    }
+
+    fn sites(&self) -> Result<&dyn SiteClient, JobFailure> {
+        self.sites.as_deref().ok_or_else(|| JobFailure {
+            transient: false,
+            code: "not_configured".into(),
+            message: SITES_DISABLED.into(),
+        })
+    }
+
+    /// Finds the live clone a restore reads from: by name, or (old API) by its URL with the
+    /// login its clone job answered.
+    async fn restore_source(
+        &self,
+        source: &RestoreSource,
+    ) -> Result<crate::store::CloneRow, JobFailure> {
+        let fail = |code: &str, message: String| JobFailure {
+            transient: false,
+            code: code.into(),
+            message,
+        };
+        let clone = match source {
+            RestoreSource::Clone(c) => self.store.clone_by_name(&c.clone_id).await?,
+            RestoreSource::Site(site) => {
+                let clone = self.store.clone_by_url(&site.url).await?.ok_or_else(|| {
+                    fail(
+                        "source_not_a_clone",
+                        format!(
+                            "{} is not the URL of a live clone of this coordinator; a restore \
+                             reads from a clone: give source.clone_id, or the clone's URL with \
+                             the login its clone job answered",
+                            site.url
+                        ),
+                    )
+                })?;
+                let credentials = self
+                    .store
+                    .job(&clone.job_id)
+                    .await?
+                    .and_then(|job| job.to_status().result)
+                    .and_then(|result| match result {
+                        JobResult::Clone(r) => Some((r.username, r.password)),
+                        _ => None,
+                    });
+                let matches = credentials.is_some_and(|(user, password)| {
+                    user == site.username
+                        && crate::auth::ApiTokens::from_tokens(&[password]).accepts(&site.password)
+                });
+                if !matches {
+                    return Err(fail(
+                        "source_bad_credentials",
+                        format!(
+                            "the username or password given for the clone at {} is not the one \
+                             its clone job answered",
+                            site.url
+                        ),
+                    ));
+                }
+                Some(clone)
+            }
+        };
+        let clone = clone.ok_or_else(|| {
+            fail(
+                "source_clone_not_found",
+                "the clone to restore from does not exist".into(),
+            )
+        })?;
+        if clone.status != CloneStatus::Ready {
+            return Err(fail(
+                "source_clone_not_ready",
+                format!(
+                    "the clone {} is {}, not ready: only a live, ready clone can be restored",
+                    clone.clone_id,
+                    clone.status.as_str()
+                ),
+            ));
+        }
+        Ok(clone)
+    }
+
+    async fn run_restore(&self, job: &JobRow) -> Result<(), JobFailure> {
+        let sites = self.sites()?;
+        let fail = |transient: bool, code: &str, message: String| JobFailure {
+            transient,
+            code: code.into(),
+            message,
+        };
+        let request: RestoreRequest = serde_json::from_str(&job.request_json).map_err(|err| {
+            fail(
+                false,
+                clonepool_common::error::codes::INTERNAL,
+                format!("the job's stored request is unreadable: {err}"),
+            )
+        })?;
+        let clone = self.restore_source(&request.source).await?;
+        let target = WpLogin {
+            url: request.target.url.clone(),
+            username: request.target.username.clone(),
+            password: request.target.password.clone(),
+        };
+        let target_err = |err: crate::wp_site::SiteError| {
+            fail(
+                err.is_transient(),
+                &err.code(SiteRole::Target),
+                err.to_string(),
+            )
+        };
+        // The target first: a wrong password or a missing plugin fails before any export.
+        self.store
+            .set_progress(
+                &job.id,
+                10,
+                format!(
+                    "Logging in to {} and checking the clonepool migrator plugin",
+                    target.url
+                ),
+                now_ms(),
+            )
+            .await?;
+        let info = sites
+            .site_info(&target, &self.progress_note(&job.id, 15))
+            .await
+            .map_err(target_err)?;
+        let target_url = info.public_url().to_string();
+        let agent = clone.agent.clone().ok_or_else(|| {
+            fail(
+                false,
+                clonepool_common::error::codes::INTERNAL,
+                format!("the clone {} has no agent on record", clone.clone_id),
+            )
+        })?;
+        let client = self.router.registry().client(&agent).ok_or_else(|| {
+            fail(
+                true,
+                clonepool_common::error::codes::UNAVAILABLE,
+                format!(
+                    "the agent {agent} of clone {} is not configured",
+                    clone.clone_id
+                ),
+            )
+        })?;
+        let node = clone.node.clone().unwrap_or_else(|| agent.clone());
+        self.store
+            .set_progress(
+                &job.id,
+                30,
+                format!(
+                    "Exporting the clone {} on {node} (database and wp-content, URLs rewritten to {target_url})",
+                    clone.clone_id
+                ),
+                now_ms(),
+            )
+            .await?;
+        let clone_id: CloneId = clone.clone_id.parse().map_err(|err| {
+            fail(
+                false,
+                clonepool_common::error::codes::INTERNAL,
+                format!("the stored clone id is invalid: {err}"),
+            )
+        })?;
+        let options = PushOptions {
+            database: request.database.unwrap_or(true),
+            files: request.files.unwrap_or(true),
+            tables: request.tables.clone(),
+            include_users: request.include_users.unwrap_or(false),
+        };
+        let archive = client
+            .export(&ExportRequest {
+                clone_id,
+                target_url: target_url.clone(),
+                database: options.database,
+                files: options.files,
+            })
+            .await
+            .map_err(|err| {
+                // Nothing has reached the target yet: an agent that did not answer may be
+                // tried again.
+                fail(
+                    !err.is_definite_refusal(),
+                    "source_export_failed",
+                    format!("exporting the clone {} failed: {err}", clone.clone_id),
+                )
+            })?;
+        let archive_bytes = archive.len.unwrap_or(0);
+        let source_url = if archive.source_url.is_empty() {
+            clone.clone_url.clone()
+        } else {
+            archive.source_url.clone()
+        };
+        self.store
+            .set_progress(
+                &job.id,
+                60,
+                format!(
+                    "Pushing the clone to {target_url} ({archive_bytes} bytes); its plugin backs up what it replaces first"
+                ),
+                now_ms(),
+            )
+            .await?;
+        let report = sites
+            .push_import(
+                &target,
+                archive.stream,
+                archive.len,
+                &options,
+                &self.progress_note(&job.id, 70),
+            )
+            .await
+            .map_err(|err| {
+                // Past the login, a push is never repeated automatically.
+                let transient = matches!(err, crate::wp_site::SiteError::Unreachable { .. });
+                fail(transient, &err.code(SiteRole::Target), err.to_string())
+            })?;
+        let message = format!(
+            "Restored the clone {} to {target_url}: {} tables, {} files written; backup {}",
+            clone.clone_id,
+            report.tables_imported.len(),
+            report.files_written,
+            report.backup_id
+        );
+        let result = JobResult::Restore(RestoreResult {
+            target_url,
+            source_clone_id: clone.clone_id.clone(),
+            source_url,
+            backup_id: report.backup_id,
+            tables_imported: report.tables_imported,
+            files_written: report.files_written,
+            files_created: report.files_created,
+            files_unchanged: report.files_unchanged,
+            skipped_count: report.skipped_count,
+            skipped: report.skipped,
+            warnings: report.warnings,
+            archive_bytes,
+        });
+        self.finish(job, result, message).await
+    }
+
+    async fn run_rollback(&self, job: &JobRow) -> Result<(), JobFailure> {
+        let sites = self.sites()?;
+        let request: RollbackRequest =
+            serde_json::from_str(&job.request_json).map_err(|err| JobFailure {
+                transient: false,
+                code: clonepool_common::error::codes::INTERNAL.into(),
+                message: format!("the job's stored request is unreadable: {err}"),
+            })?;
+        let target = WpLogin {
+            url: request.target.url.clone(),
+            username: request.target.username.clone(),
+            password: request.target.password.clone(),
+        };
+        self.store
+            .set_progress(
+                &job.id,
+                20,
+                format!(
+                    "Logging in to {} and rolling back backup {}",
+                    target.url, request.backup_id
+                ),
+                now_ms(),
+            )
+            .await?;
+        let report = sites
+            .rollback(&target, &request.backup_id)
+            .await
+            .map_err(|err| JobFailure {
+                transient: err.is_transient(),
+                code: err.code(SiteRole::Target),
+                message: err.to_string(),
+            })?;
+        let message = format!(
+            "Rolled back backup {} on {}: {} tables and {} files restored",
+            report.backup_id,
+            target.url,
+            report.tables_restored.len(),
+            report.files_restored
+        );
+        let result = JobResult::Rollback(RollbackResult {
+            target_url: target.url.clone(),
+            backup_id: report.backup_id,
+            tables_restored: report.tables_restored,
+            tables_dropped: report.tables_dropped,
+            files_restored: report.files_restored,
+            files_removed: report.files_removed,
+        });
+        self.finish(job, result, message).await
+    }
+
+    /// Completes a job without a clone.
+    async fn finish(
+        &self,
+        job: &JobRow,
+        result: JobResult,
+        message: String,
+    ) -> Result<(), JobFailure> {
+        if self
+            .store
+            .complete_job(&job.id, result, message.clone(), now_ms())
+            .await?
+            .is_some()
+        {
+            self.metrics.job_finished(job.job_type, JobState::Completed);
+            tracing::info!(job = %job.id, kind = job.job_type.as_str(), "{message}");
+        }
+        Ok(())
     }
 
     async fn mark_ready(&self, agent: &str, clone_id: &CloneId) -> Result<(), JobFailure> {
@@ -501,9 +827,9 @@ mod tests {
     use crate::agent_client::AgentClient;
     use crate::config::Placement;
     use crate::registry::AgentRegistry;
-    use crate::source::fake::FakeSource;
-    use crate::source::SourceError;
     use crate::store::tests::{clone_job, open_temp};
+    use crate::wp_site::fake::FakeSite as FakeSource;
+    use crate::wp_site::SiteError as SourceError;
     use clonepool_common::api::{CloneStatus, JobResult};
 
     struct Harness {
@@ -552,7 +878,7 @@ mod tests {
             },
         );
         let engine = Arc::new(match source {
-            Some(source) => engine.with_source(source),
+            Some(source) => engine.with_sites(source),
             None => engine,
         });
         Harness {
@@ -628,7 +954,7 @@ mod tests {
     async fn a_missing_plugin_fails_with_how_to_install_it_by_hand() {
         let agent = FakeAgent::new("http://a", "node-a", 1, 2);
         let source = Arc::new(FakeSource::default());
-        *source.fail.lock().unwrap() = Some(SourceError::PluginMissing);
+        *source.fail.lock().unwrap() = Some(SourceError::PluginMissing("upload refused".into()));
         let h = harness_with(&[agent], 3, Some(source)).await;
         h.store
             .create_job(clone_job("job-1", "shop", now_ms()))
@@ -639,7 +965,9 @@ mod tests {
         assert_eq!(job.state, JobState::Failed);
         let error = job.error.unwrap();
         assert!(
-            error.contains("not installed") && error.contains("docs/migrator.md"),
+            error.contains("installing it failed: upload refused")
+                && error.contains("upload it under Plugins")
+                && error.contains("docs/migrator.md"),
             "{error}"
         );
     }
@@ -738,7 +1066,7 @@ mod tests {
             async move {
                 match store.job(id).await.unwrap().unwrap().to_status().result {
                     Some(JobResult::Clone(r)) => r.path,
-                    None => panic!("{id} has no result"),
+                    other => panic!("{id} has no clone result: {other:?}"),
                 }
             }
         };
@@ -851,19 +1179,179 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn restore_jobs_fail_with_a_clear_message_until_the_migrator_exists() {
-        let agent = FakeAgent::new("http://a", "node-a", 1, 1);
-        let h = harness(&[agent], 3).await;
-        let mut job = clone_job("job-r", "unused", now_ms());
-        job.job_type = JobType::Restore;
+    /// A ready clone "shop" made through `h`, then a restore or rollback job `job_id` with
+    /// `request` as its body.
+    async fn queue_site_job(
+        h: &Harness,
+        job_id: &str,
+        job_type: JobType,
+        request: serde_json::Value,
+    ) {
+        let mut job = clone_job(job_id, "unused", now_ms());
+        job.job_type = job_type;
         job.clone = None;
+        job.request_json = request.to_string();
         h.store.create_job(job).await.unwrap();
+    }
+
+    async fn ready_clone(h: &Harness) {
+        h.store
+            .create_job(clone_job("job-c", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(h).await;
+        let job = h.store.job("job-c").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+    }
+
+    fn target() -> serde_json::Value {
+        serde_json::json!({"url": "https://prod.example", "username": "boss", "password": "prod-pw"})
+    }
+
+    #[tokio::test]
+    async fn a_restore_exports_the_clone_through_its_agent_for_the_target_and_pushes_it() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let site = Arc::new(FakeSource::default());
+        let h = harness_with(std::slice::from_ref(&agent), 3, Some(site.clone())).await;
+        ready_clone(&h).await;
+        queue_site_job(
+            &h,
+            "job-r",
+            JobType::Restore,
+            serde_json::json!({"source": {"clone_id": "shop"}, "target": target(),
+                               "tables": ["wp_posts"], "files": false}),
+        )
+        .await;
         run_until_idle(&h).await;
         let job = h.store.job("job-r").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+        let exports = agent.with(|s| s.exports.clone());
+        assert_eq!(exports.len(), 1);
+        assert_eq!(exports[0].clone_id.as_str(), "shop");
+        assert_eq!(exports[0].target_url, "https://prod.example");
+        assert!(!exports[0].files, "files: false reaches the export");
+        let pushed = site.pushed.lock().unwrap().clone();
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].0, "https://prod.example");
+        assert_eq!(
+            String::from_utf8_lossy(&pushed[0].1),
+            "archive of shop for https://prod.example",
+            "the agent's archive is what reaches the target"
+        );
+        assert_eq!(
+            pushed[0].2.tables.as_deref(),
+            Some(&["wp_posts".to_string()][..])
+        );
+        assert!(!pushed[0].2.include_users, "users stay unless asked");
+        let Some(JobResult::Restore(result)) = job.to_status().result else {
+            panic!("no restore result: {:?}", job.to_status())
+        };
+        assert_eq!(result.backup_id, "20261125T000000Z-0123456789abcdef");
+        assert_eq!(result.source_clone_id, "shop");
+        assert_eq!(result.tables_imported, ["wp_posts"]);
+        assert!(
+            !job.request_json.contains("prod-pw"),
+            "the target password is forgotten once the job ends"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_restore_named_by_the_clone_url_needs_the_login_its_clone_job_answered() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let site = Arc::new(FakeSource::default());
+        let h = harness_with(std::slice::from_ref(&agent), 3, Some(site.clone())).await;
+        ready_clone(&h).await;
+        let clone_url = h
+            .store
+            .clone_by_name("shop")
+            .await
+            .unwrap()
+            .unwrap()
+            .clone_url;
+        let by_url = |password: &str| {
+            serde_json::json!({"source": {"url": clone_url, "username": "siteadmin", "password": password},
+                               "target": target()})
+        };
+        queue_site_job(&h, "job-bad", JobType::Restore, by_url("guess")).await;
+        run_until_idle(&h).await;
+        let bad = h.store.job("job-bad").await.unwrap().unwrap();
+        assert_eq!(bad.state, JobState::Failed);
+        assert_eq!(bad.error_code.as_deref(), Some("source_bad_credentials"));
+        assert!(site.pushed.lock().unwrap().is_empty(), "nothing pushed");
+        queue_site_job(
+            &h,
+            "job-good",
+            JobType::Restore,
+            by_url("imported-password"),
+        )
+        .await;
+        run_until_idle(&h).await;
+        let good = h.store.job("job-good").await.unwrap().unwrap();
+        assert_eq!(good.state, JobState::Completed, "{:?}", good.error);
+    }
+
+    #[tokio::test]
+    async fn a_target_that_refuses_fails_the_restore_once_and_an_unreachable_one_is_retried() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let site = Arc::new(FakeSource::default());
+        let h = harness_with(std::slice::from_ref(&agent), 3, Some(site.clone())).await;
+        ready_clone(&h).await;
+        *site.fail.lock().unwrap() = Some(SourceError::ImportFailed {
+            message: "clonepool_import_failed: disk full".into(),
+            backup_id: Some("20261125T000000Z-00000000000000aa".into()),
+            rolled_back: true,
+            rollback_error: None,
+        });
+        let request = serde_json::json!({"source": {"clone_id": "shop"}, "target": target()});
+        queue_site_job(&h, "job-1", JobType::Restore, request.clone()).await;
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
         assert_eq!(job.state, JobState::Failed);
-        assert_eq!(job.attempts, 1, "not retried");
-        assert!(job.error.unwrap().contains("WordPress migrator"));
+        assert_eq!(job.attempts, 1, "a push is never repeated by itself");
+        assert_eq!(job.error_code.as_deref(), Some("target_import_failed"));
+        assert!(
+            job.error
+                .unwrap()
+                .contains("put back as it was from its backup 20261125T000000Z-00000000000000aa"),
+            "the user learns the target was rolled back"
+        );
+        *site.fail.lock().unwrap() = Some(SourceError::Unreachable {
+            url: "https://prod.example".into(),
+            detail: "connection refused".into(),
+        });
+        queue_site_job(&h, "job-2", JobType::Restore, request).await;
+        run_until_idle(&h).await;
+        let job = h.store.job("job-2").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.attempts, 3, "nothing reached the target: tried again");
+        assert_eq!(job.error_code.as_deref(), Some("target_unreachable"));
+    }
+
+    #[tokio::test]
+    async fn a_rollback_job_restores_the_named_backup_on_the_target() {
+        let site = Arc::new(FakeSource::default());
+        let h = harness_with(&[], 3, Some(site.clone())).await;
+        queue_site_job(
+            &h,
+            "job-rb",
+            JobType::Rollback,
+            serde_json::json!({"target": target(), "backup_id": "20261125T094617Z-2738fe086624f1cf"}),
+        )
+        .await;
+        run_until_idle(&h).await;
+        let job = h.store.job("job-rb").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+        assert_eq!(
+            site.rolled_back.lock().unwrap().clone(),
+            [(
+                "https://prod.example".to_string(),
+                "20261125T094617Z-2738fe086624f1cf".to_string()
+            )]
+        );
+        let Some(JobResult::Rollback(result)) = job.to_status().result else {
+            panic!("no rollback result")
+        };
+        assert_eq!(result.tables_restored, ["wp_posts"]);
     }
 
     #[tokio::test]

@@ -20,12 +20,12 @@ pub mod reaper;
 pub mod registry;
 pub mod router;
 pub mod server;
-pub mod source;
 pub mod store;
 pub mod timestamps;
 pub mod tls;
 pub mod url_guard;
 pub mod validation;
+pub mod wp_site;
 
 #[cfg(test)]
 mod api_tests;
@@ -204,10 +204,10 @@ pub async fn start_with_agents(
         },
     );
     let engine = Arc::new(if config.source_import {
-        engine.with_source(Arc::new(source::HttpSiteSource::new(
-            policy.clone(),
-            lookup.clone(),
-        )))
+        engine.with_sites(Arc::new(
+            wp_site::HttpSiteClient::new(policy.clone(), lookup.clone())
+                .with_memory(Arc::new(store.clone())),
+        ))
     } else {
         engine
     });

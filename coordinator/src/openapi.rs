@@ -4,7 +4,8 @@
 use clonepool_common::api::{
     AgentPool, CloneInfo, CloneList, ClonePath, CloneRef, CloneRequest, CloneResult, CloneStatus,
     DeleteResponse, ExtendRequest, JobAccepted, JobResult, JobState, JobStatus, JobType,
-    PoolStatus, RestoreRequest, RestoreSource, SiteLogin,
+    PoolStatus, RestoreRequest, RestoreResult, RestoreSource, RollbackRequest, RollbackResult,
+    SiteLogin, SkippedItem,
 };
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi, ToSchema};
@@ -54,6 +55,7 @@ impl Modify for BearerAuth {
         crate::http_api::cancel_job,
         crate::http_api::cancel_job_by_delete,
         crate::http_api::post_restore,
+        crate::http_api::post_rollback,
         crate::http_api::delete_clone,
         crate::http_api::list_clones,
         crate::http_api::get_clone,
@@ -63,7 +65,8 @@ impl Modify for BearerAuth {
     ),
     components(schemas(
         CloneRequest, JobAccepted, JobStatus, JobState, JobType, JobResult, CloneResult, ClonePath,
-        RestoreRequest, RestoreSource, SiteLogin, CloneRef, CloneInfo, CloneList, CloneStatus,
+        RestoreRequest, RestoreSource, SiteLogin, RollbackRequest, RestoreResult, RollbackResult,
+        SkippedItem, CloneRef, CloneInfo, CloneList, CloneStatus,
         ExtendRequest, DeleteResponse, PoolStatus, AgentPool, ErrorBodyDoc, ErrorDetailDoc,
     )),
     modifiers(&BearerAuth),
@@ -96,6 +99,7 @@ mod tests {
             "/api/v2/job-status/{job_id}",
             "/api/v2/job-status/{job_id}/cancel",
             "/api/v2/restore",
+            "/api/v2/rollback",
             "/api/v2/delete/{clone_id}",
             "/api/v2/clones",
             "/api/v2/clones/{clone_id}",

@@ -74,6 +74,17 @@ CREATE UNIQUE INDEX IF NOT EXISTS clones_live_name ON clones(clone_id) WHERE sta
 CREATE INDEX IF NOT EXISTS clones_by_status ON clones(status, expires_at);
 CREATE INDEX IF NOT EXISTS clones_by_job ON clones(job_id);
 
+-- What clonepool remembers about the sites it exports from and restores to: an application
+-- password per site and user (later jobs skip the browser login), and when the migrator plugin
+-- was last found active.
+CREATE TABLE IF NOT EXISTS sites (
+    url          TEXT NOT NULL,
+    username     TEXT NOT NULL,
+    app_password TEXT,
+    plugin_seen  INTEGER NOT NULL,
+    PRIMARY KEY (url, username)
+);
+
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     route        TEXT NOT NULL,
     key          TEXT NOT NULL,
@@ -686,6 +697,106 @@ impl Store {
         .await
     }
 
+    /// Completes a running job that has no clone (restore, rollback) with `result`. Returns the
+    /// job after the change, `None` when it was no longer running.
+    pub async fn complete_job(
+        &self,
+        job_id: &str,
+        result: JobResult,
+        message: String,
+        now: i64,
+    ) -> Result<Option<JobRow>, StoreError> {
+        let job_id = job_id.to_string();
+        let result_json =
+            serde_json::to_string(&result).map_err(|err| StoreError::Corrupt(err.to_string()))?;
+        self.write(move |conn| {
+            let tx = conn.savepoint()?;
+            let changed = exec(
+                &tx,
+                "UPDATE jobs SET status = 'completed', progress = 100, message = ?2, result = ?3,
+                        updated_at = ?4
+                 WHERE id = ?1 AND status = 'running'",
+                params![job_id, message, result_json, now],
+            )?;
+            if changed == 0 {
+                return Ok(None);
+            }
+            forget_request_secrets(&tx, &job_id)?;
+            let row = job_by_id(&tx, &job_id)?;
+            tx.commit()?;
+            Ok(row)
+        })
+        .await
+    }
+
+    /// The application password remembered for `username` on the site at `url`.
+    pub async fn site_app_password(
+        &self,
+        url: &str,
+        username: &str,
+    ) -> Result<Option<String>, StoreError> {
+        let (url, username) = (url.to_string(), username.to_string());
+        self.read(move |conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT app_password FROM sites WHERE url = ?1 AND username = ?2",
+                    params![url, username],
+                    |row| row.get::<_, Option<String>>(0),
+                )
+                .optional()?
+                .flatten())
+        })
+        .await
+    }
+
+    /// Remembers that the plugin answered on `url`, with an application password when one was
+    /// made (an existing one is kept when `app_password` is `None`).
+    pub async fn remember_site(
+        &self,
+        url: &str,
+        username: &str,
+        app_password: Option<&str>,
+        now: i64,
+    ) -> Result<(), StoreError> {
+        let (url, username) = (url.to_string(), username.to_string());
+        let app_password = app_password.map(str::to_string);
+        self.write(move |conn| {
+            exec(
+                conn,
+                "INSERT INTO sites (url, username, app_password, plugin_seen) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (url, username) DO UPDATE SET plugin_seen = ?4,
+                     app_password = COALESCE(?3, app_password)",
+                params![url, username, app_password, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Forgets a remembered application password that stopped working.
+    pub async fn forget_site_password(&self, url: &str, username: &str) -> Result<(), StoreError> {
+        let (url, username) = (url.to_string(), username.to_string());
+        self.write(move |conn| {
+            exec(
+                conn,
+                "UPDATE sites SET app_password = NULL WHERE url = ?1 AND username = ?2",
+                params![url, username],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// The clone (live or not) served at `clone_url`, newest first.
+    pub async fn clone_by_url(&self, clone_url: &str) -> Result<Option<CloneRow>, StoreError> {
+        let clone_url = clone_url.trim_end_matches('/').to_string();
+        Ok(self.list_clones(false).await?.into_iter().find(|c| {
+            c.clone_url
+                .trim_end_matches('/')
+                .eq_ignore_ascii_case(&clone_url)
+        }))
+    }
+
     /// Cancels a pending job (and ends its clone). Running and finished jobs are not cancellable.
     pub async fn cancel_job(&self, job_id: &str, now: i64) -> Result<CancelOutcome, StoreError> {
         let job_id = job_id.to_string();
@@ -727,7 +838,9 @@ impl Store {
             let mut outcome = Vec::new();
             for job in running {
                 match job.job_type {
-                    JobType::Clone if job.attempts < max_attempts => {
+                    // A clone's claim is idempotent per clone id; rolling a backup back twice
+                    // restores the same state.
+                    JobType::Clone | JobType::Rollback if job.attempts < max_attempts => {
                         exec(
                             &tx,
                             "UPDATE jobs SET status = 'pending', not_before = ?2, updated_at = ?2,
@@ -737,10 +850,11 @@ impl Store {
                         )?;
                         outcome.push(Recovered::Resumed(job.id));
                     }
-                    JobType::Clone => {
+                    JobType::Clone | JobType::Rollback => {
                         let message = format!(
-                            "the coordinator stopped while this clone job was running, and it had \
-                             already been tried {} times; submit a new clone request",
+                            "the coordinator stopped while this {} job was running, and it had \
+                             already been tried {} times; submit it again",
+                            job.job_type.as_str(),
                             job.attempts
                         );
                         fail_job_tx(&tx, &job.id, "interrupted", &message, now)?;
@@ -748,8 +862,10 @@ impl Store {
                     }
                     JobType::Restore => {
                         let message = "the coordinator stopped while this restore was running; \
-                                       a restore is not repeated automatically, check the target \
-                                       site and submit it again"
+                                       a restore is not repeated automatically: the target's \
+                                       plugin either finished the import or put its backup back; \
+                                       check the target's backups (GET \
+                                       ?rest_route=/clonepool/v1/backups) and submit it again"
                             .to_string();
                         fail_job_tx(&tx, &job.id, "interrupted", &message, now)?;
                         outcome.push(Recovered::Failed(job.id));

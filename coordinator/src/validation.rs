@@ -5,7 +5,8 @@
 use crate::api_error::ApiError;
 use crate::url_guard::{Lookup, UrlError, UrlPolicy};
 use clonepool_common::api::{
-    CloneRequest, RestoreRequest, RestoreSource, SiteLogin, MAX_TTL_MINUTES, MIN_TTL_MINUTES,
+    is_backup_id, CloneRequest, RestoreRequest, RestoreSource, RollbackRequest, SiteLogin,
+    MAX_RESTORE_TABLES, MAX_TTL_MINUTES, MIN_TTL_MINUTES,
 };
 use clonepool_common::ids::CloneId;
 use reqwest::StatusCode;
@@ -121,6 +122,61 @@ pub fn check_restore_fields(request: &RestoreRequest) -> Result<(), Vec<String>>
         }
     }
     login("target", &request.target, &mut problems);
+    if request.database == Some(false) && request.files == Some(false) {
+        problems.push("database and files are both false: nothing to restore".into());
+    }
+    if let Some(tables) = &request.tables {
+        if tables.is_empty() {
+            problems
+                .push("tables must not be empty when given (leave it out for all tables)".into());
+        }
+        if tables.len() > MAX_RESTORE_TABLES {
+            problems.push(format!(
+                "tables lists more than {MAX_RESTORE_TABLES} tables"
+            ));
+        }
+        if request.database == Some(false) {
+            problems.push("tables needs database to be true".into());
+        }
+        for table in tables {
+            let ok = !table.is_empty()
+                && table.len() <= 64
+                && table
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'$');
+            if !ok {
+                problems.push(format!(
+                    "tables: {table:?} is not a table name (1 to 64 letters, digits, _ or $)"
+                ));
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// Checks the fields of a rollback request that need no network; all problems at once.
+pub fn check_rollback_fields(request: &RollbackRequest) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    if request.target.url.trim().is_empty() {
+        problems.push("target.url must not be empty".into());
+    }
+    check_login_fields(
+        "target.username",
+        &request.target.username,
+        "target.password",
+        &request.target.password,
+        &mut problems,
+    );
+    if !is_backup_id(&request.backup_id) {
+        problems.push(format!(
+            "backup_id {:?} is not a migrator backup id (YYYYMMDDTHHMMSSZ- and 16 hex digits, as a restore's result names it)",
+            request.backup_id
+        ));
+    }
     if problems.is_empty() {
         Ok(())
     } else {

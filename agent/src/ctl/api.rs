@@ -1,11 +1,14 @@
-//! clonepoolctl's coordinator commands: `clone` (with `--wait` and a progress bar), `job`,
-//! `cancel`, `clones`, `delete`, `extend`, `pool`, sent to the coordinator's v2 API with the
+//! clonepoolctl's coordinator commands: `clone` (with `--wait` and a progress bar), `restore`,
+//! `rollback`, `job`, `cancel`, `clones`, `delete`, `extend`, `pool`, sent to the coordinator's v2 API with the
 //! connection settings `scripts/up` writes to `.clonepool/env`.
 
 use super::table::{key_values, or_dash, render};
 use super::CtlError;
 use clap::{Args, Subcommand};
-use clonepool_common::api::{CloneInfo, CloneRequest, JobResult, JobStatus};
+use clonepool_common::api::{
+    CloneInfo, CloneRef, CloneRequest, JobResult, JobStatus, RestoreRequest, RestoreSource,
+    RollbackRequest, SiteLogin,
+};
 use clonepool_coordinator::client::{ApiClient, ClientError};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Read, Write};
@@ -36,6 +39,10 @@ pub struct ApiArgs {
 pub enum ApiCommand {
     /// Clone a WordPress site (POST /api/v2/clone); --wait follows the job to its end.
     Clone(CloneArgs),
+    /// Push a clone back to a site (POST /api/v2/restore); the site's plugin backs up first.
+    Restore(RestoreArgs),
+    /// Undo a restore: put the site back from the backup it made (POST /api/v2/rollback).
+    Rollback(RollbackArgs),
     /// Show a job (GET /api/v2/job-status/{id}).
     Job {
         job_id: String,
@@ -96,6 +103,94 @@ pub struct CloneArgs {
     pub wait_timeout: u64,
 }
 
+/// The site a restore or rollback writes to.
+#[derive(Debug, Clone, Args)]
+pub struct TargetArgs {
+    /// The site, e.g. https://mysite.com
+    #[arg(long)]
+    pub target_url: String,
+    /// An administrator login of the site.
+    #[arg(long, default_value = "admin")]
+    pub target_username: String,
+    /// Read the site's password from this environment variable's value (safer than argv).
+    #[arg(long, env = "CLONEPOOL_TARGET_PASSWORD", hide_env_values = true)]
+    pub target_password: Option<String>,
+    /// Read the site's password from standard input (first line).
+    #[arg(long, conflicts_with = "target_password")]
+    pub target_password_stdin: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// The clone to push.
+    #[arg(long)]
+    pub clone_id: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Push only the database.
+    #[arg(long, conflicts_with = "files_only")]
+    pub database_only: bool,
+    /// Push only wp-content files.
+    #[arg(long)]
+    pub files_only: bool,
+    /// Push only these tables (comma-separated, with or without the prefix).
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Option<Vec<String>>,
+    /// Also replace the site's users and usermeta (default: production keeps its accounts).
+    #[arg(long)]
+    pub include_users: bool,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job until it ends, with a progress bar.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value_t = 1800)]
+    pub wait_timeout: u64,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RollbackArgs {
+    /// The backup a restore made (its result's backup_id).
+    #[arg(long)]
+    pub backup_id: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job until it ends, with a progress bar.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(long, default_value_t = 1800)]
+    pub wait_timeout: u64,
+}
+
+fn target_login(target: &TargetArgs) -> Result<SiteLogin, ApiCommandError> {
+    let password = match (&target.target_password, target.target_password_stdin) {
+        (Some(p), _) => p.clone(),
+        (None, true) => first_stdin_line()?,
+        (None, false) => String::new(),
+    };
+    if password.is_empty() {
+        return Err(ApiCommandError::NoTargetPassword);
+    }
+    Ok(SiteLogin {
+        url: target.target_url.clone(),
+        username: target.target_username.clone(),
+        password,
+    })
+}
+
+fn first_stdin_line() -> Result<String, ApiCommandError> {
+    let mut text = String::new();
+    std::io::stdin()
+        .read_to_string(&mut text)
+        .map_err(|source| ApiCommandError::Read {
+            what: "standard input".into(),
+            source,
+        })?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiCommandError {
     #[error(transparent)]
@@ -104,6 +199,8 @@ pub enum ApiCommandError {
     NoToken,
     #[error("no source password: set CLONEPOOL_SOURCE_PASSWORD or pass --source-password-stdin")]
     NoPassword,
+    #[error("no target password: set CLONEPOOL_TARGET_PASSWORD or pass --target-password-stdin")]
+    NoTargetPassword,
     #[error("reading {what}: {source}")]
     Read {
         what: String,
@@ -179,27 +276,51 @@ async fn run_async(
                 .clone_site(&request, clone.idempotency_key.as_deref())
                 .await
                 .map_err(ApiCommandError::from)?;
-            if !clone.wait {
-                if json {
-                    print_json(out, &accepted.job)?;
-                } else {
-                    writeln!(
-                        out,
-                        "job {} {}{} — follow it with: clonepoolctl job {} --wait",
-                        accepted.job.job_id,
-                        accepted.job.status,
-                        if accepted.replayed {
-                            " (same request as before)"
-                        } else {
-                            ""
-                        },
-                        accepted.job.job_id
-                    )?;
-                }
-                return Ok(());
-            }
-            let status = wait(&api, &accepted.job.job_id, clone.wait_timeout, json).await?;
-            finish(out, &status, json)
+            submitted(&api, out, accepted, clone.wait, clone.wait_timeout, json).await
+        }
+        ApiCommand::Restore(restore) => {
+            let request = RestoreRequest {
+                source: RestoreSource::Clone(CloneRef {
+                    clone_id: restore.clone_id.clone(),
+                }),
+                target: target_login(&restore.target)?,
+                database: restore.files_only.then_some(false),
+                files: restore.database_only.then_some(false),
+                tables: restore.tables.clone(),
+                include_users: restore.include_users.then_some(true),
+            };
+            let accepted = api
+                .restore(&request, restore.idempotency_key.as_deref())
+                .await
+                .map_err(ApiCommandError::from)?;
+            submitted(
+                &api,
+                out,
+                accepted,
+                restore.wait,
+                restore.wait_timeout,
+                json,
+            )
+            .await
+        }
+        ApiCommand::Rollback(rollback) => {
+            let request = RollbackRequest {
+                target: target_login(&rollback.target)?,
+                backup_id: rollback.backup_id.clone(),
+            };
+            let accepted = api
+                .rollback(&request, rollback.idempotency_key.as_deref())
+                .await
+                .map_err(ApiCommandError::from)?;
+            submitted(
+                &api,
+                out,
+                accepted,
+                rollback.wait,
+                rollback.wait_timeout,
+                json,
+            )
+            .await
         }
         ApiCommand::Job { job_id, wait: true } => {
             let status = wait(&api, job_id, 600, json).await?;
@@ -361,14 +482,7 @@ async fn run_async(
 
 fn source_password(clone: &CloneArgs) -> Result<String, ApiCommandError> {
     if clone.source_password_stdin {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|source| ApiCommandError::Read {
-                what: "standard input".into(),
-                source,
-            })?;
-        let line = text.lines().next().unwrap_or("").to_string();
+        let line = first_stdin_line()?;
         if line.is_empty() {
             return Err(ApiCommandError::NoPassword);
         }
@@ -428,6 +542,38 @@ async fn wait(
     Ok(status?)
 }
 
+/// Prints a submitted job, or follows it to its end with `wait`.
+async fn submitted(
+    api: &ApiClient,
+    out: &mut dyn Write,
+    accepted: clonepool_coordinator::client::Accepted,
+    wait_for_it: bool,
+    wait_timeout: u64,
+    json: bool,
+) -> Result<(), CtlError> {
+    if !wait_for_it {
+        if json {
+            writeln!(out, "{}", serde_json::to_string_pretty(&accepted.job)?)?;
+        } else {
+            writeln!(
+                out,
+                "job {} {}{} — follow it with: clonepoolctl job {} --wait",
+                accepted.job.job_id,
+                accepted.job.status,
+                if accepted.replayed {
+                    " (same request as before)"
+                } else {
+                    ""
+                },
+                accepted.job.job_id
+            )?;
+        }
+        return Ok(());
+    }
+    let status = wait(api, &accepted.job.job_id, wait_timeout, json).await?;
+    finish(out, &status, json)
+}
+
 /// Prints a finished job; a failed or cancelled one is an error (non-zero exit).
 fn finish(out: &mut dyn Write, status: &JobStatus, json: bool) -> Result<(), CtlError> {
     if json {
@@ -472,6 +618,41 @@ fn job_text(status: &JobStatus) -> String {
             ("expires", result.expires_at.clone()),
             ("path", result.path.as_str().to_string()),
             ("node", result.node.clone()),
+        ]);
+    }
+    if let Some(JobResult::Restore(result)) = &status.result {
+        pairs.extend([
+            ("target", result.target_url.clone()),
+            ("from clone", result.source_clone_id.clone()),
+            ("backup", result.backup_id.clone()),
+            ("tables", result.tables_imported.join(", ")),
+            (
+                "files",
+                format!(
+                    "{} written ({} new), {} unchanged",
+                    result.files_written, result.files_created, result.files_unchanged
+                ),
+            ),
+            ("skipped", result.skipped_count.to_string()),
+            (
+                "undo with",
+                format!(
+                    "clonepoolctl rollback --target-url {} --backup-id {}",
+                    result.target_url, result.backup_id
+                ),
+            ),
+        ]);
+        for warning in &result.warnings {
+            pairs.push(("warning", warning.clone()));
+        }
+    }
+    if let Some(JobResult::Rollback(result)) = &status.result {
+        pairs.extend([
+            ("target", result.target_url.clone()),
+            ("backup", result.backup_id.clone()),
+            ("tables restored", result.tables_restored.join(", ")),
+            ("files restored", result.files_restored.to_string()),
+            ("files removed", result.files_removed.to_string()),
         ]);
     }
     key_values(&pairs)
