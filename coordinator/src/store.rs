@@ -75,13 +75,15 @@ CREATE INDEX IF NOT EXISTS clones_by_status ON clones(status, expires_at);
 CREATE INDEX IF NOT EXISTS clones_by_job ON clones(job_id);
 
 -- What clonepool remembers about the sites it exports from and restores to: an application
--- password per site and user (later jobs skip the browser login), and when the migrator plugin
--- was last found active.
+-- password per site and user (later jobs skip the browser login), bound to a salted hash of
+-- the login password it was made with (a job with another password never uses it), and when
+-- the migrator plugin was last found active.
 CREATE TABLE IF NOT EXISTS sites (
-    url          TEXT NOT NULL,
-    username     TEXT NOT NULL,
-    app_password TEXT,
-    plugin_seen  INTEGER NOT NULL,
+    url           TEXT NOT NULL,
+    username      TEXT NOT NULL,
+    app_password  TEXT,
+    password_hash TEXT,
+    plugin_seen   INTEGER NOT NULL,
     PRIMARY KEY (url, username)
 );
 
@@ -729,44 +731,57 @@ impl Store {
         .await
     }
 
-    /// The application password remembered for `username` on the site at `url`.
+    /// The application password remembered for `username` on the site at `url`, when it was
+    /// made with the same login `password`.
     pub async fn site_app_password(
         &self,
         url: &str,
         username: &str,
+        password: &str,
     ) -> Result<Option<String>, StoreError> {
         let (url, username) = (url.to_string(), username.to_string());
-        self.read(move |conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT app_password FROM sites WHERE url = ?1 AND username = ?2",
-                    params![url, username],
-                    |row| row.get::<_, Option<String>>(0),
-                )
-                .optional()?
-                .flatten())
+        let row: Option<(Option<String>, Option<String>)> = self
+            .read(move |conn| {
+                Ok(conn
+                    .query_row(
+                        "SELECT app_password, password_hash FROM sites WHERE url = ?1 AND username = ?2",
+                        params![url, username],
+                        |row| Ok((row.get(0)?, row.get(1)?)),
+                    )
+                    .optional()?)
+            })
+            .await?;
+        Ok(match row {
+            Some((Some(app_password), Some(hash))) if password_matches(&hash, password) => {
+                Some(app_password)
+            }
+            _ => None,
         })
-        .await
     }
 
     /// Remembers that the plugin answered on `url`, with an application password when one was
-    /// made (an existing one is kept when `app_password` is `None`).
+    /// made (bound to the login `password`; an existing one is kept when `app_password` is
+    /// `None`).
     pub async fn remember_site(
         &self,
         url: &str,
         username: &str,
+        password: &str,
         app_password: Option<&str>,
         now: i64,
     ) -> Result<(), StoreError> {
         let (url, username) = (url.to_string(), username.to_string());
         let app_password = app_password.map(str::to_string);
+        let hash = app_password.as_ref().map(|_| hash_password(password));
         self.write(move |conn| {
             exec(
                 conn,
-                "INSERT INTO sites (url, username, app_password, plugin_seen) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT (url, username) DO UPDATE SET plugin_seen = ?4,
-                     app_password = COALESCE(?3, app_password)",
-                params![url, username, app_password, now],
+                "INSERT INTO sites (url, username, app_password, password_hash, plugin_seen)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (url, username) DO UPDATE SET plugin_seen = ?5,
+                     app_password = COALESCE(?3, app_password),
+                     password_hash = COALESCE(?4, password_hash)",
+                params![url, username, app_password, hash, now],
             )?;
             Ok(())
         })
@@ -1451,6 +1466,30 @@ fn fail_job_tx(
 
 /// A job that ended needs its request's passwords no more: drop them rather than keep them
 /// until the job row is pruned.
+/// `salt:sha256(salt || password)` in hex, with a random 16-byte salt.
+fn hash_password(password: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let salt: [u8; 16] = rand::random();
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(password.as_bytes());
+    format!("{}:{}", hex::encode(salt), hex::encode(h.finalize()))
+}
+
+fn password_matches(stored: &str, password: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let Some((salt, digest)) = stored.split_once(':') else {
+        return false;
+    };
+    let Ok(salt) = hex::decode(salt) else {
+        return false;
+    };
+    let mut h = Sha256::new();
+    h.update(&salt);
+    h.update(password.as_bytes());
+    crate::auth::ApiTokens::from_tokens(&[digest.to_string()]).accepts(&hex::encode(h.finalize()))
+}
+
 fn forget_request_secrets(tx: &Connection, job_id: &str) -> Result<(), StoreError> {
     exec(
         tx,
@@ -1504,6 +1543,68 @@ pub(crate) mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
         }
+    }
+
+    #[tokio::test]
+    async fn a_remembered_application_password_serves_only_the_login_password_it_was_made_with() {
+        let (_dir, store) = open_temp();
+        let site = "http://shop.example";
+        assert_eq!(
+            store.site_app_password(site, "admin", "pw").await.unwrap(),
+            None
+        );
+        store
+            .remember_site(site, "admin", "right-pw", Some("app pw 1234"), 1)
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .site_app_password(site, "admin", "right-pw")
+                .await
+                .unwrap()
+                .as_deref(),
+            Some("app pw 1234")
+        );
+        assert_eq!(
+            store
+                .site_app_password(site, "admin", "wrong-pw")
+                .await
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            store
+                .site_app_password(site, "other", "right-pw")
+                .await
+                .unwrap(),
+            None
+        );
+        // A later job without a new application password keeps the old one.
+        store
+            .remember_site(site, "admin", "right-pw", None, 2)
+            .await
+            .unwrap();
+        assert!(store
+            .site_app_password(site, "admin", "right-pw")
+            .await
+            .unwrap()
+            .is_some());
+        store.forget_site_password(site, "admin").await.unwrap();
+        assert_eq!(
+            store
+                .site_app_password(site, "admin", "right-pw")
+                .await
+                .unwrap(),
+            None
+        );
+        let raw: String = store
+            .read(|c| Ok(c.query_row("SELECT password_hash FROM sites", [], |r| r.get(0))?))
+            .await
+            .unwrap();
+        assert!(
+            !raw.contains("right-pw"),
+            "only a salted hash of the login password is kept"
+        );
     }
 
     #[tokio::test]

@@ -262,24 +262,37 @@ pub trait SiteClient: Send + Sync + 'static {
 /// user (so later jobs skip the browser login), and that the plugin was found active.
 #[async_trait]
 pub trait SiteMemory: Send + Sync + 'static {
-    async fn app_password(&self, url: &str, username: &str) -> Option<String>;
-    async fn remember(&self, url: &str, username: &str, app_password: Option<&str>);
+    /// The application password made when `username` logged in with this same `password`.
+    async fn app_password(&self, url: &str, username: &str, password: &str) -> Option<String>;
+    async fn remember(&self, url: &str, username: &str, password: &str, app_password: Option<&str>);
     async fn forget_app_password(&self, url: &str, username: &str);
 }
 
 #[async_trait]
 impl SiteMemory for crate::store::Store {
-    async fn app_password(&self, url: &str, username: &str) -> Option<String> {
-        self.site_app_password(url, username)
+    async fn app_password(&self, url: &str, username: &str, password: &str) -> Option<String> {
+        self.site_app_password(url, username, password)
             .await
             .inspect_err(|e| tracing::warn!(error = %e, "cannot read remembered sites"))
             .ok()
             .flatten()
     }
 
-    async fn remember(&self, url: &str, username: &str, app_password: Option<&str>) {
+    async fn remember(
+        &self,
+        url: &str,
+        username: &str,
+        password: &str,
+        app_password: Option<&str>,
+    ) {
         if let Err(e) = self
-            .remember_site(url, username, app_password, crate::timestamps::now_ms())
+            .remember_site(
+                url,
+                username,
+                password,
+                app_password,
+                crate::timestamps::now_ms(),
+            )
             .await
         {
             tracing::warn!(error = %e, "cannot remember a site");
@@ -390,7 +403,10 @@ impl HttpSiteClient {
         let base = self.base(login)?;
         let http = self.client()?;
         let remembered = match &self.memory {
-            Some(m) => m.app_password(&base, &login.username).await,
+            Some(m) => {
+                m.app_password(&base, &login.username, &login.password)
+                    .await
+            }
             None => None,
         };
         if let Some(app_password) = remembered {
@@ -430,7 +446,10 @@ impl HttpSiteClient {
             }
         };
         let remembered = match &self.memory {
-            Some(m) => m.app_password(&base, &login.username).await.is_some(),
+            Some(m) => m
+                .app_password(&base, &login.username, &login.password)
+                .await
+                .is_some(),
             None => true,
         };
         let app_password = if remembered {
@@ -439,8 +458,13 @@ impl HttpSiteClient {
             self.create_app_password(&session).await
         };
         if let Some(m) = &self.memory {
-            m.remember(&base, &login.username, app_password.as_deref())
-                .await;
+            m.remember(
+                &base,
+                &login.username,
+                &login.password,
+                app_password.as_deref(),
+            )
+            .await;
         }
         Ok((session, info))
     }

@@ -34,6 +34,8 @@ pub enum SiteKind {
     Demo,
     /// A fresh WordPress with the plugin and no content.
     Bare,
+    /// The demo site without the migrator plugin (clonepool installs it over HTTP).
+    DemoWithoutPlugin,
 }
 
 /// A WordPress site (db + web containers) started by `scripts/demo-site`; removed on drop.
@@ -52,10 +54,10 @@ impl Site {
         let r: u32 = rand::random();
         let name = format!(
             "test-migrator-{}-{r:08x}",
-            if kind == SiteKind::Demo {
-                "demo"
-            } else {
-                "bare"
+            match kind {
+                SiteKind::Demo => "demo",
+                SiteKind::Bare => "bare",
+                SiteKind::DemoWithoutPlugin => "noplugin",
             }
         );
         let env_dir = tempfile::tempdir().expect("temp dir");
@@ -72,8 +74,14 @@ impl Site {
         .arg("--env-file")
         .arg(&env_file)
         .args(["--image", &image()]);
-        if kind == SiteKind::Bare {
-            cmd.arg("--bare");
+        match kind {
+            SiteKind::Bare => {
+                cmd.arg("--bare");
+            }
+            SiteKind::DemoWithoutPlugin => {
+                cmd.arg("--no-plugin");
+            }
+            SiteKind::Demo => {}
         }
         let out = cmd
             .stdin(Stdio::null())

@@ -40,6 +40,7 @@ const maxMsgSize = 16 << 20
 type options struct {
 	listen          string
 	dockerEndpoint  string
+	dockerProxy     string
 	sandboxImage    string
 	rootDir         string
 	cniBinDir       string
@@ -56,6 +57,7 @@ func parseOptions() options {
 	var o options
 	flag.StringVar(&o.listen, "listen", "unix:///run/clonepool-dockershim.sock", "CRI endpoint to serve (unix socket)")
 	flag.StringVar(&o.dockerEndpoint, "docker-endpoint", "unix:///var/run/docker.sock", "Docker Engine API endpoint")
+	flag.StringVar(&o.dockerProxy, "docker-proxy-socket", "", "serve dockershim's Docker API calls through a proxy on this unix socket that raises negative OomScoreAdj to 0 (for hosts where root lacks CAP_SYS_RESOURCE); empty: talk to Docker directly")
 	flag.StringVar(&o.sandboxImage, "pod-infra-container-image", "", "image of each Pod's sandbox (pause) container; must exist locally")
 	flag.StringVar(&o.rootDir, "root-dir", "/var/lib/clonepool-dockershim", "dockershim state (sandbox checkpoints)")
 	flag.StringVar(&o.cniBinDir, "cni-bin-dir", "/usr/lib/cni", "comma-separated CNI plugin directories")
@@ -85,11 +87,20 @@ func main() {
 }
 
 func run(o options) error {
+	dockerEndpoint := o.dockerEndpoint
+	if o.dockerProxy != "" {
+		proxied, err := startDockerProxy(o.dockerProxy, o.dockerEndpoint)
+		if err != nil {
+			return fmt.Errorf("starting the Docker API proxy: %w", err)
+		}
+		klog.InfoS("Docker API calls go through the OomScoreAdj proxy", "proxy", o.dockerProxy, "engine", o.dockerEndpoint)
+		dockerEndpoint = proxied
+	}
 	streamingConfig := streaming.DefaultConfig
 	streamingConfig.Addr = o.streamingAddr
 	ds, err := dockershim.NewDockerService(
 		&dockershim.ClientConfig{
-			DockerEndpoint:            o.dockerEndpoint,
+			DockerEndpoint:            dockerEndpoint,
 			RuntimeRequestTimeout:     o.requestTimeout,
 			ImagePullProgressDeadline: o.pullProgressDue,
 		},
