@@ -373,3 +373,112 @@ async fn the_plugin_is_installed_without_a_browser_once_and_a_site_that_forbids_
     pods_back_in_pool(&stack).await;
     stack.shutdown().await;
 }
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn a_site_with_another_table_prefix_is_cloned_and_restored_under_that_prefix() {
+    let _docker = docker_lock().await;
+    let _sites = SITES.lock().await;
+    let shop = Site::start(SiteKind::DemoShopPrefix);
+    assert_eq!(
+        shop.wp_php("global $wpdb; echo $wpdb->prefix;", b""),
+        "shop_"
+    );
+    let stack = stack("prefix", &["--warm-target", "1", "--max-pods", "2"], |c| {
+        c.source_import = true;
+        c.url_allow_hosts = vec!["127.0.0.1".into()];
+    })
+    .await;
+    stack.wait_warm(1, Duration::from_secs(180)).await;
+    let (cloned, messages) = clone_of(&stack, &shop, "prefixed").await;
+    assert_eq!(
+        cloned.status,
+        JobState::Completed,
+        "{cloned:?} {messages:?}"
+    );
+    let Some(JobResult::Clone(result)) = cloned.result.clone() else {
+        panic!("no clone result")
+    };
+    let edge = stack.coordinator.edge_addr.port();
+    let home = stack
+        .edge_client("prefixed")
+        .get(format!("http://prefixed.localhost:{edge}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(home.contains("Welcome to the demo shop"), "{home}");
+    assert_eq!(
+        clone_sql(&stack, "prefixed", "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = 'wordpress' AND table_name LIKE 'wp\\_%'"),
+        "0",
+        "the pod's own wp_ tables are gone"
+    );
+    // The clone's admin logs in with the answered password (its role lives under shop_).
+    let browser = stack.edge_client("prefixed");
+    let base = format!("http://prefixed.localhost:{edge}");
+    browser
+        .get(format!("{base}/wp-login.php"))
+        .send()
+        .await
+        .unwrap();
+    let login = browser
+        .post(format!("{base}/wp-login.php"))
+        .form(&[
+            ("log", result.username.as_str()),
+            ("pwd", result.password.as_str()),
+            ("testcookie", "1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 302, "the login is accepted");
+    let admin = browser
+        .get(format!("{base}/wp-admin/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        admin.status(),
+        200,
+        "an administrator reaches the dashboard"
+    );
+    clone_sql(
+        &stack,
+        "prefixed",
+        "UPDATE shop_posts SET post_title = 'Prefixed edit' WHERE post_name = 'about' AND post_type = 'page'",
+    );
+    let accepted = stack
+        .api
+        .restore(
+            &RestoreRequest {
+                source: RestoreSource::Clone(CloneRef {
+                    clone_id: "prefixed".into(),
+                }),
+                target: login_of(&shop),
+                database: None,
+                files: Some(false),
+                tables: Some(vec!["posts".into()]),
+                include_users: None,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let (done, _) = follow(&stack, &accepted.job.job_id).await;
+    assert_eq!(done.status, JobState::Completed, "{done:?}");
+    let Some(JobResult::Restore(restored)) = done.result else {
+        panic!("no restore result")
+    };
+    assert_eq!(
+        restored.tables_imported,
+        ["shop_posts"],
+        "only the table asked for"
+    );
+    assert_eq!(restored.files_written, 0, "files: false");
+    assert!(shop.page_text("/about/").await.contains("Prefixed edit"));
+    stack.api.delete("prefixed").await.unwrap();
+    pods_back_in_pool(&stack).await;
+    stack.shutdown().await;
+}

@@ -36,6 +36,8 @@ pub enum SiteKind {
     Bare,
     /// The demo site without the migrator plugin (clonepool installs it over HTTP).
     DemoWithoutPlugin,
+    /// The demo site with the table prefix `shop_` instead of `wp_`.
+    DemoShopPrefix,
 }
 
 /// A WordPress site (db + web containers) started by `scripts/demo-site`; removed on drop.
@@ -58,6 +60,7 @@ impl Site {
                 SiteKind::Demo => "demo",
                 SiteKind::Bare => "bare",
                 SiteKind::DemoWithoutPlugin => "noplugin",
+                SiteKind::DemoShopPrefix => "prefix",
             }
         );
         let env_dir = tempfile::tempdir().expect("temp dir");
@@ -80,6 +83,9 @@ impl Site {
             }
             SiteKind::DemoWithoutPlugin => {
                 cmd.arg("--no-plugin");
+            }
+            SiteKind::DemoShopPrefix => {
+                cmd.args(["--table-prefix", "shop_"]);
             }
             SiteKind::Demo => {}
         }

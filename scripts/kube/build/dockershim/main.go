@@ -10,6 +10,10 @@
 // v1alpha2 request type of method M and handed to dockershim; the reply is encoded back. Calls
 // dockershim does not know (RPCs added in v1, e.g. RuntimeConfig, GetContainerEvents) answer
 // Unimplemented, which kubelet v1.34 handles by falling back to its own configuration.
+//
+// With --docker-proxy-socket, dockershim's Docker API calls go through a small proxy
+// (dockerproxy.go) that raises negative OomScoreAdj values to 0 on hosts where root lacks
+// CAP_SYS_RESOURCE.
 package main
 
 import (
