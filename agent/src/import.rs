@@ -7,7 +7,7 @@
 //! Nothing touches the pod before the whole archive has been checked. Any failure releases the
 //! pod, so it is reset and verified before anyone gets it again.
 
-use crate::pod_commands::{MARIADB, WP_CONTENT};
+use crate::pod_commands::{CORE_REPLACED_MARKER, MARIADB, WP_CONTENT, WP_CORE};
 use crate::pool::{PoolError, WarmPool};
 use crate::runtime::{ArchiveStream, ContainerRuntime, ExecRequest, RuntimeError};
 use crate::secrets::{Secret, PASSWORD_LEN};
@@ -100,6 +100,19 @@ pub struct Manifest {
     pub table_prefix: String,
     pub siteurl: String,
     pub home: String,
+    /// The source's WordPress version.
+    #[serde(default)]
+    pub wordpress_version: String,
+    #[serde(default)]
+    pub contents: ManifestContents,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ManifestContents {
+    /// `core/` holds every core file (false when some are links outside the site, as on
+    /// Debian's packaged WordPress): a clone must not run an incomplete core.
+    #[serde(default)]
+    pub core_complete: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,6 +132,10 @@ pub struct Spooled {
     /// clone's mu-plugin.
     pub files_tar: PathBuf,
     pub files: u64,
+    /// WordPress's own files (`core/`), relative to the core directory, root-owned; `None`
+    /// when the archive has none.
+    pub core_tar: Option<PathBuf>,
+    pub core_files: u64,
     pub archive_bytes: u64,
 }
 
@@ -218,6 +235,9 @@ pub fn spool_archive(input: impl Read, cfg: &ImportConfig) -> Result<Spooled, Im
     let mut files = tar::Builder::new(BufWriter::new(
         std::fs::File::create(&files_path).map_err(|e| internal("creating the file spool", e))?,
     ));
+    let core_path = dir.path().join("core.tar");
+    let mut core: Option<tar::Builder<BufWriter<std::fs::File>>> = None;
+    let mut core_count = 0u64;
     let count = Arc::new(AtomicU64::new(0));
     let mut archive = tar::Archive::new(Counted {
         inner: input,
@@ -303,8 +323,47 @@ pub fn spool_archive(input: impl Read, cfg: &ImportConfig) -> Result<Spooled, Im
         if name == "database" && kind.is_dir() {
             continue;
         }
-        if name == "core" || name.starts_with("core/") {
-            // The pods run the image's WordPress; the entry's data is skipped by the reader.
+        if name == "core" {
+            continue;
+        }
+        if let Some(rel) = name.strip_prefix("core/") {
+            let top = rel.split('/').next().unwrap_or_default();
+            let allowed = top == "wp-admin"
+                || top == "wp-includes"
+                || (!rel.contains('/') && rel.ends_with(".php") && !rel.starts_with("wp-config"));
+            if !allowed {
+                return Err(ImportError::Hostile(format!(
+                    "core entry {name:?} is not WordPress's own (wp-admin/, wp-includes/ or a root .php file other than wp-config)"
+                )));
+            }
+            if core.is_none() {
+                core = Some(tar::Builder::new(BufWriter::new(
+                    std::fs::File::create(&core_path)
+                        .map_err(|e| internal("creating the core spool", e))?,
+                )));
+            }
+            let builder = core.as_mut().expect("just created");
+            let mode = entry.header().mode().unwrap_or(0o644) & 0o755;
+            let mut header = tar::Header::new_gnu();
+            header.set_uid(0);
+            header.set_gid(0);
+            header.set_mtime(entry.header().mtime().unwrap_or(0));
+            if kind.is_dir() {
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(mode | 0o755);
+                header.set_size(0);
+                builder
+                    .append_data(&mut header, format!("{rel}/"), std::io::empty())
+                    .map_err(|e| internal("spooling core", e))?;
+            } else {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_mode(mode | 0o644);
+                header.set_size(entry.size());
+                builder
+                    .append_data(&mut header, rel, &mut entry)
+                    .map_err(|e| damaged(e, &count))?;
+                core_count += 1;
+            }
             continue;
         }
         if name == "export-error.json" {
@@ -413,6 +472,16 @@ pub fn spool_archive(input: impl Read, cfg: &ImportConfig) -> Result<Spooled, Im
         .and_then(|mut w| w.flush())
         .map_err(|e| internal("spooling wp-content", e))?;
     sql.flush().map_err(|e| internal("spooling the SQL", e))?;
+    let core_tar = match core {
+        Some(builder) => {
+            builder
+                .into_inner()
+                .and_then(|mut w| w.flush())
+                .map_err(|e| internal("spooling core", e))?;
+            Some(core_path)
+        }
+        None => None,
+    };
     Ok(Spooled {
         dir,
         manifest,
@@ -420,6 +489,8 @@ pub fn spool_archive(input: impl Read, cfg: &ImportConfig) -> Result<Spooled, Im
         sql_bytes,
         files_tar: files_path,
         files: file_count,
+        core_tar,
+        core_files: core_count,
         archive_bytes: count.load(Ordering::SeqCst),
     })
 }
@@ -657,6 +728,47 @@ pub async fn apply(
         .await?;
     tracing::info!(pod = %pod, clone = %clone_id, ms = started.elapsed().as_millis() as u64, "import: wp-content unpacked");
 
+    // WordPress's own files: the source's, when it runs another version and sent them all.
+    let mut warnings = Vec::new();
+    let mut wordpress_version = pod_wordpress_version(runtime, pod).await?;
+    let source_version = spooled.manifest.wordpress_version.clone();
+    if !source_version.is_empty() && source_version != wordpress_version {
+        match &spooled.core_tar {
+            Some(core) if spooled.manifest.contents.core_complete => {
+                // The marker first: if anything below fails, the reset still recreates the
+                // web container from the image.
+                run(
+                    runtime,
+                    pod,
+                    ContainerRole::Web,
+                    "marking the core replaced",
+                    ExecRequest::new(["touch", CORE_REPLACED_MARKER]),
+                    &[],
+                )
+                .await?;
+                runtime
+                    .put_archive(pod, ContainerRole::Web, WP_CORE, file_stream(core).await?)
+                    .await?;
+                wordpress_version = pod_wordpress_version(runtime, pod).await?;
+                if wordpress_version != source_version {
+                    return Err(ImportError::Pod {
+                        step: "installing the source's WordPress core",
+                        detail: format!(
+                            "the clone reports WordPress {wordpress_version} after the source's {source_version} was unpacked"
+                        ),
+                    });
+                }
+                tracing::info!(pod = %pod, clone = %clone_id, version = %wordpress_version, files = spooled.core_files, "import: the source's WordPress core installed");
+            }
+            Some(_) => warnings.push(format!(
+                "the source runs WordPress {source_version} but its export's core is incomplete (files linked outside the site, as on Debian's packaged WordPress); the clone runs WordPress {wordpress_version}"
+            )),
+            None => warnings.push(format!(
+                "the source runs WordPress {source_version} and sent no core files; the clone runs WordPress {wordpress_version}"
+            )),
+        }
+    }
+
     // The clone's settings and the magic login.
     let password = Secret::generate(PASSWORD_LEN);
     let token = Secret::generate(43);
@@ -703,7 +815,38 @@ pub async fn apply(
         sql_bytes: spooled.sql_bytes,
         files: spooled.files,
         archive_bytes: spooled.archive_bytes,
+        wordpress_version,
+        warnings,
     })
+}
+
+/// The WordPress version a pod runs (from its core's `wp-includes/version.php`).
+pub async fn pod_wordpress_version(
+    runtime: &dyn ContainerRuntime,
+    pod: &PodId,
+) -> Result<String, ImportError> {
+    let out = run(
+        runtime,
+        pod,
+        ContainerRole::Web,
+        "reading the WordPress version",
+        ExecRequest::new([
+            "sed",
+            "-n",
+            r"s/^\$wp_version = '\([^']*\)';.*/\1/p",
+            "/usr/share/wordpress/wp-includes/version.php",
+        ]),
+        &[],
+    )
+    .await?;
+    let version = out.trim().to_string();
+    if version.is_empty() {
+        return Err(ImportError::Pod {
+            step: "reading the WordPress version",
+            detail: "wp-includes/version.php names no $wp_version".into(),
+        });
+    }
+    Ok(version)
 }
 
 /// `POST /v1/import`: the whole import for `clone`, from the request body to READY. A failure

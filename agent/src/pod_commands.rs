@@ -21,6 +21,13 @@ pub const SITE_TITLE: &str = "clonepool";
 /// Where the pristine copies live inside the containers (root only, 0700).
 pub const PRISTINE_DIR: &str = "/var/lib/clonepool";
 pub const WP_CONTENT: &str = "/var/lib/wordpress/wp-content";
+/// WordPress's own files in the web container (the image's core).
+pub const WP_CORE: &str = "/usr/share/wordpress";
+/// Written before an import replaces the core with the source's: the next reset then recreates
+/// the web container from the image instead of cleaning it in place.
+pub const CORE_REPLACED_MARKER: &str = "/usr/share/wordpress/.clonepool-core-replaced";
+/// Exit status of the in-place web reset when the core was replaced.
+const EXIT_CORE_REPLACED: i64 = 42;
 
 /// Directories a clone (or its processes) can write besides wp-content; emptied on reset and
 /// listed in the fingerprint.
@@ -63,6 +70,18 @@ pub enum PodCommandError {
 }
 
 impl PodCommandError {
+    /// The in-place web reset found the core replaced by an import (see [`CORE_REPLACED_MARKER`]).
+    pub fn is_core_replaced(&self) -> bool {
+        matches!(
+            self,
+            PodCommandError::Failed {
+                step: "web reset",
+                code: EXIT_CORE_REPLACED,
+                ..
+            }
+        )
+    }
+
     pub fn is_runtime_unreachable(&self) -> bool {
         matches!(
             self,
@@ -617,7 +636,11 @@ impl PodCommands {
             }))
             .collect::<Vec<_>>()
             .join("\n");
+        let core_check = format!(
+            "if [ -e {CORE_REPLACED_MARKER} ]; then echo 'the WordPress core was replaced' >&2; exit {EXIT_CORE_REPLACED}; fi"
+        );
         let cmd = script(&[
+            &core_check,
             PROC_HELPERS,
             KILL_STRAYS,
             IPC_HELPERS,

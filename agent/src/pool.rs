@@ -128,6 +128,8 @@ struct Inner {
     /// maintained by the reconcile loop, the event watcher, `/readyz` and failed calls).
     runtime_ok: AtomicBool,
     kick: Notify,
+    /// The WordPress version of the image's core, read from the first pod claimed.
+    wordpress_version: std::sync::OnceLock<String>,
     inflight: InFlight,
     cancel: CancellationToken,
 }
@@ -239,6 +241,7 @@ impl WarmPool {
                 loaded: AtomicBool::new(false),
                 runtime_ok: AtomicBool::new(false),
                 kick: Notify::new(),
+                wordpress_version: std::sync::OnceLock::new(),
                 inflight: InFlight::default(),
                 cancel: CancellationToken::new(),
             }),
@@ -522,6 +525,20 @@ impl WarmPool {
         lock.lock_owned().await
     }
 
+    /// The image's WordPress version (every pod runs the same image), read once from `pod`.
+    async fn image_wordpress_version(&self, pod: &PodId) -> Option<String> {
+        if let Some(v) = self.inner.wordpress_version.get() {
+            return Some(v.clone());
+        }
+        match crate::import::pod_wordpress_version(self.inner.runtime.as_ref(), pod).await {
+            Ok(v) => Some(self.inner.wordpress_version.get_or_init(|| v).clone()),
+            Err(e) => {
+                tracing::warn!(pod = %pod, error = %e, "cannot read the pods' WordPress version");
+                None
+            }
+        }
+    }
+
     fn response(&self, rec: &PodRecord, path: ClaimPath) -> Result<ClaimResponse, PoolError> {
         let (Some(clone_id), Some(endpoint), Some(user), Some(password)) = (
             rec.clone_id.clone(),
@@ -544,6 +561,7 @@ impl WarmPool {
                 admin_password: password.expose().to_string(),
             },
             path: rec.claim_path.unwrap_or(path),
+            wordpress_version: None,
         })
     }
 
@@ -577,7 +595,9 @@ impl WarmPool {
         if !matches!(result, Err(PoolError::Unavailable(_))) {
             self.inner.kick.notify_one();
         }
-        result.map(|(r, _)| r)
+        let mut resp = result.map(|(r, _)| r)?;
+        resp.wordpress_version = self.image_wordpress_version(&resp.pod_id).await;
+        Ok(resp)
     }
 
     /// The claim under the clone's lock; the flag says whether it was a repeat.
@@ -1679,6 +1699,7 @@ mod tests {
                 admin_password: "pw".into(),
             },
             path,
+            wordpress_version: None,
         };
         let outcomes: Vec<Result<(ClaimResponse, bool), PoolError>> = vec![
             Ok((resp(ClaimPath::Warm), false)),

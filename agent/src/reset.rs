@@ -95,44 +95,47 @@ impl Resetter {
         let phase = |name: &str| {
             tracing::debug!(pod = %pod, method = %self.method, phase = name, ms = started.elapsed().as_millis() as u64, "reset phase done");
         };
+        let recreate_web = || async {
+            let web = async {
+                commands
+                    .runtime()
+                    .recreate_container(pod, ContainerRole::Web)
+                    .await?;
+                commands.wp_config(pod, &db_password, &site_url).await?;
+                Ok::<(), ResetError>(())
+            };
+            let (db, web) = tokio::join!(commands.reset_database(pod, &db_password, true), web);
+            db?;
+            web?;
+            self.verifier.verify(pod, endpoint, pristine).await
+        };
         match self.method {
-            ResetMethod::Sql => {
+            ResetMethod::Sql | ResetMethod::Reinstall => {
+                let load_pristine = self.method == ResetMethod::Sql;
                 let (db, web) = tokio::join!(
-                    commands.reset_database(pod, &db_password, true),
+                    commands.reset_database(pod, &db_password, load_pristine),
                     commands.reset_web_in_place(pod, &db_password, &site_url)
                 );
                 db?;
-                web?;
+                if let Err(e) = web {
+                    if e.is_core_replaced() {
+                        // An import replaced WordPress's own files: only a fresh container
+                        // from the image undoes that.
+                        tracing::info!(pod = %pod, "the clone ran another WordPress core; recreating the web container");
+                        return recreate_web().await;
+                    }
+                    return Err(e.into());
+                }
                 phase("clean");
+                if self.method == ResetMethod::Reinstall {
+                    let admin_password = Secret::generate(PASSWORD_LEN);
+                    commands.wp_install(pod, &site_url, &admin_password).await?;
+                }
                 let outcome = self.verifier.verify(pod, endpoint, pristine).await;
                 phase("verify");
                 outcome
             }
-            ResetMethod::Reinstall => {
-                let (db, web) = tokio::join!(
-                    commands.reset_database(pod, &db_password, false),
-                    commands.reset_web_in_place(pod, &db_password, &site_url)
-                );
-                db?;
-                web?;
-                let admin_password = Secret::generate(PASSWORD_LEN);
-                commands.wp_install(pod, &site_url, &admin_password).await?;
-                self.verifier.verify(pod, endpoint, pristine).await
-            }
-            ResetMethod::RecreateWeb => {
-                let web = async {
-                    commands
-                        .runtime()
-                        .recreate_container(pod, ContainerRole::Web)
-                        .await?;
-                    commands.wp_config(pod, &db_password, &site_url).await?;
-                    Ok::<(), ResetError>(())
-                };
-                let (db, web) = tokio::join!(commands.reset_database(pod, &db_password, true), web);
-                db?;
-                web?;
-                self.verifier.verify(pod, endpoint, pristine).await
-            }
+            ResetMethod::RecreateWeb => recreate_web().await,
         }
     }
 }

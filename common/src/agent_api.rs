@@ -66,6 +66,10 @@ pub struct ClaimResponse {
     pub endpoint: String,
     pub credentials: PodCredentials,
     pub path: ClaimPath,
+    /// The WordPress version the pod runs (the image's), when the agent knows it: a source on
+    /// another version is exported with its core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wordpress_version: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -191,6 +195,12 @@ pub struct ImportResponse {
     pub sql_bytes: u64,
     pub files: u64,
     pub archive_bytes: u64,
+    /// The WordPress version the clone runs (the source's when its core was installed).
+    #[serde(default)]
+    pub wordpress_version: String,
+    /// What the clone could not copy exactly (e.g. a core it could not run).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for ImportResponse {
@@ -206,6 +216,8 @@ impl std::fmt::Debug for ImportResponse {
             .field("sql_bytes", &self.sql_bytes)
             .field("files", &self.files)
             .field("archive_bytes", &self.archive_bytes)
+            .field("wordpress_version", &self.wordpress_version)
+            .field("warnings", &self.warnings)
             .finish()
     }
 }

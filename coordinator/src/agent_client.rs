@@ -533,6 +533,7 @@ pub mod fake {
                         admin_password: "fresh-password".into(),
                     },
                     path,
+                    wordpress_version: Some("6.1.9".into()),
                 })
             })
         }
@@ -642,6 +643,8 @@ pub mod fake {
                     sql_bytes: 0,
                     files: 0,
                     archive_bytes: bytes as u64,
+                    wordpress_version: "6.1.9".into(),
+                    warnings: Vec::new(),
                 })
             })
         }

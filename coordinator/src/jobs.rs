@@ -317,7 +317,14 @@ impl JobEngine {
             }
             Some(source) => {
                 let imported = self
-                    .import_source(source.as_ref(), job, &claimed.agent, &clone_id, &node)
+                    .import_source(
+                        source.as_ref(),
+                        job,
+                        &claimed.agent,
+                        &clone_id,
+                        &node,
+                        claimed.response.wordpress_version.as_deref(),
+                    )
                     .await?;
                 (
                     imported.admin_username,
@@ -373,6 +380,7 @@ impl JobEngine {
         agent: &str,
         clone_id: &CloneId,
         node: &str,
+        pod_wordpress_version: Option<&str>,
     ) -> Result<clonepool_common::agent_api::ImportResponse, JobFailure> {
         let fail = |code: &str, message: String| JobFailure {
             transient: false,
@@ -403,7 +411,7 @@ impl JobEngine {
             .await?;
         let progress = self.progress_note(&job.id, 65);
         let archive = source
-            .open_export(&login, &progress)
+            .open_export(&login, pod_wordpress_version, &progress)
             .await
             .map_err(|err| fail(&err.code(SiteRole::Source), err.to_string()))?;
         self.store

@@ -234,11 +234,14 @@ pub trait SiteClient: Send + Sync + 'static {
         progress: Progress<'_>,
     ) -> Result<SiteInfo, SiteError>;
 
-    /// Logs in, makes sure the plugin is active, and starts the export (database and wp-content,
-    /// no core). The stream fails if the export breaks off; the agent checks its completeness.
+    /// Logs in, makes sure the plugin is active, and starts the export: database and
+    /// wp-content, plus WordPress's own files when the site runs another version than
+    /// `pod_wordpress_version` (so the clone runs the site's version). The stream fails if the
+    /// export breaks off; the agent checks its completeness.
     async fn open_export(
         &self,
         login: &WpLogin,
+        pod_wordpress_version: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<ExportStream, SiteError>;
 
@@ -815,13 +818,27 @@ impl SiteClient for HttpSiteClient {
     async fn open_export(
         &self,
         login: &WpLogin,
+        pod_wordpress_version: Option<&str>,
         progress: Progress<'_>,
     ) -> Result<ExportStream, SiteError> {
-        let (session, _) = self.session(login, progress).await?;
+        let (session, info) = self.session(login, progress).await?;
+        let core = pod_wordpress_version
+            .is_some_and(|pod| !info.wordpress_version.is_empty() && info.wordpress_version != pod);
+        if core {
+            progress(format!(
+                "{} runs WordPress {}, the pods {}: exporting its core too",
+                session.base,
+                info.wordpress_version,
+                pod_wordpress_version.unwrap_or_default()
+            ));
+        }
         let export = session
             .rest(
                 reqwest::Method::GET,
-                "clonepool/v1/export&core=0&format=tar",
+                &format!(
+                    "clonepool/v1/export&core={}&format=tar",
+                    if core { 1 } else { 0 }
+                ),
             )
             .send()
             .await
@@ -1044,6 +1061,7 @@ pub mod fake {
         async fn open_export(
             &self,
             login: &WpLogin,
+            _pod_wordpress_version: Option<&str>,
             _progress: Progress<'_>,
         ) -> Result<ExportStream, SiteError> {
             self.opened.lock().unwrap().push(login.url.clone());

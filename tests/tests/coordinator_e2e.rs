@@ -29,7 +29,7 @@ fn clone_request(customer_id: &str, ttl_minutes: u32) -> CloneRequest {
 fn clone_result(status: &JobStatus) -> &clonepool_common::api::CloneResult {
     match &status.result {
         Some(JobResult::Clone(result)) => result,
-        None => panic!("job {} has no result: {status:?}", status.job_id),
+        _ => panic!("job {} has no clone result: {status:?}", status.job_id),
     }
 }
 
@@ -776,7 +776,10 @@ async fn kill_9_of_the_coordinator_mid_job_then_restart_ends_every_job_completed
             s.job_id,
             s.status,
             s.attempts,
-            s.result.as_ref().map(|JobResult::Clone(r)| r.path),
+            s.result.as_ref().and_then(|r| match r {
+                JobResult::Clone(r) => Some(r.path),
+                _ => None,
+            }),
             s.error
         );
     }

@@ -482,3 +482,93 @@ async fn a_site_with_another_table_prefix_is_cloned_and_restored_under_that_pref
     pods_back_in_pool(&stack).await;
     stack.shutdown().await;
 }
+
+/// The WordPress version a container's core names.
+fn core_version(container: &str) -> String {
+    let out = Command::new("docker")
+        .args([
+            "exec",
+            container,
+            "sed",
+            "-n",
+            r"s/^\$wp_version = '\([^']*\)';.*/\1/p",
+            "/usr/share/wordpress/wp-includes/version.php",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn a_source_on_another_wordpress_version_runs_its_own_core_in_the_clone_until_the_reset() {
+    let _docker = docker_lock().await;
+    let _sites = SITES.lock().await;
+    let source = Site::start(SiteKind::Demo);
+    let image_version = core_version(&source.web);
+    assert!(!image_version.is_empty());
+    // Make the source's core self-contained (Debian links some files outside it) and another
+    // version than the pods'.
+    let (ok, out) = source.web_sh(
+        "cd /usr/share/wordpress && find wp-admin wp-includes -type l | while read -r l; do t=$(readlink -f \"$l\"); rm \"$l\" && cp -rL \"$t\" \"$l\" || exit 1; done && \
+         sed -i \"s/^\\$wp_version = .*/\\$wp_version = '9.9.9-clonepool';/\" wp-includes/version.php && echo done",
+    );
+    assert!(ok && out.contains("done"), "{out}");
+    assert_eq!(core_version(&source.web), "9.9.9-clonepool");
+    let stack = stack("core", &["--warm-target", "1", "--max-pods", "2"], |c| {
+        c.source_import = true;
+        c.url_allow_hosts = vec!["127.0.0.1".into()];
+    })
+    .await;
+    stack.wait_warm(1, Duration::from_secs(180)).await;
+    let (cloned, messages) = clone_of(&stack, &source, "newer").await;
+    assert_eq!(
+        cloned.status,
+        JobState::Completed,
+        "{cloned:?} {messages:?}"
+    );
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("exporting its core too")),
+        "{messages:?}"
+    );
+    let pod = stack
+        .agent_pods()
+        .into_iter()
+        .find(|p| p.clone_id.as_ref().map(|c| c.as_str()) == Some("newer"))
+        .expect("the clone's pod");
+    let web = format!("clonepool-{}-web", pod.pod_id);
+    assert_eq!(
+        core_version(&web),
+        "9.9.9-clonepool",
+        "the clone runs the source's core"
+    );
+    let edge = stack.coordinator.edge_addr.port();
+    let home = stack
+        .edge_client("newer")
+        .get(format!("http://newer.localhost:{edge}/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(home.contains("Welcome to the demo shop"), "{home}");
+    assert!(
+        home.contains("ver=9.9.9-clonepool"),
+        "WordPress itself reports the source's version in its asset links"
+    );
+
+    // The reset recreates the web container: the pod runs the image's core again.
+    stack.api.delete("newer").await.unwrap();
+    pods_back_in_pool(&stack).await;
+    let same_pod = stack
+        .agent_pods()
+        .into_iter()
+        .find(|p| p.pod_id == pod.pod_id)
+        .expect("the pod was reset, not replaced");
+    assert_eq!(same_pod.state, PodState::Warm);
+    assert_eq!(core_version(&web), image_version);
+    stack.shutdown().await;
+}
