@@ -620,10 +620,10 @@ impl HttpSiteClient {
             ));
         }
         let already = text.contains("Destination folder already exists");
-        if !status.is_success()
-            || !(text.contains("Plugin installed successfully") || already)
-                && !text.contains(PLUGIN_FILE.replace('/', "%2F").as_str())
-        {
+        let installed = text.contains("Plugin installed successfully")
+            || already
+            || text.contains(PLUGIN_FILE.replace('/', "%2F").as_str());
+        if !status.is_success() || !installed {
             let detail = strip_tags(&text);
             return Err(SiteError::PluginMissing(format!(
                 "the upload answered HTTP {status}: {}",
