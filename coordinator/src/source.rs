@@ -10,6 +10,9 @@ use futures_util::{StreamExt, TryStreamExt};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Logins tried before a source's credentials are called wrong (see `open_export`).
+const LOGIN_ATTEMPTS: u32 = 3;
+
 /// The export archive as it arrives from the source.
 pub type ExportStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
@@ -134,51 +137,69 @@ impl SiteSource for HttpSiteSource {
             })?
             .to_string();
         let base = base.trim_end_matches('/').to_string();
-        let http = self.client()?;
         let unreachable = |e: reqwest::Error| SourceError::Unreachable {
             url: base.clone(),
             detail: describe(&e),
         };
-        // The login page sets WordPress's test cookie; the POST checks it.
-        let page = http
-            .get(format!("{base}/wp-login.php"))
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let status = page.status();
-        let text = page.text().await.unwrap_or_default();
-        if !status.is_success() || !text.contains("name=\"log\"") {
-            return Err(SourceError::NotWordPress(base.clone()));
-        }
-        let posted = http
-            .post(format!("{base}/wp-login.php"))
-            .form(&[
-                ("log", login.username.as_str()),
-                ("pwd", login.password.as_str()),
-                ("wp-submit", "Log In"),
-                ("testcookie", "1"),
-            ])
-            .send()
-            .await
-            .map_err(unreachable)?;
-        // A successful login redirects (followed to wp-admin); a refused one shows the form again.
-        let landed = posted.url().path().to_string();
-        let body = posted.text().await.unwrap_or_default();
-        if landed.ends_with("/wp-login.php") || body.contains("id=\"login_error\"") {
-            return Err(SourceError::BadCredentials(login.username.clone()));
-        }
-        let nonce = http
-            .get(format!("{base}/wp-admin/admin-ajax.php?action=rest-nonce"))
-            .send()
-            .await
-            .map_err(unreachable)?
-            .text()
-            .await
-            .unwrap_or_default();
-        let nonce = nonce.trim().to_string();
-        if nonce.len() != 10 || !nonce.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(SourceError::BadCredentials(login.username.clone()));
-        }
+        // WordPress keeps all sessions of a user in one meta row that every login rewrites, so
+        // logins of the same user at the same moment (clones of one site started together) can
+        // drop each other's session: the login is accepted, yet the next request is logged out.
+        // Log in again (fresh cookies, after a short random pause) before calling the password
+        // wrong.
+        let mut attempt = 0u32;
+        let (http, nonce) = loop {
+            attempt += 1;
+            let http = self.client()?;
+            // The login page sets WordPress's test cookie; the POST checks it.
+            let page = http
+                .get(format!("{base}/wp-login.php"))
+                .send()
+                .await
+                .map_err(unreachable)?;
+            let status = page.status();
+            let text = page.text().await.unwrap_or_default();
+            if !status.is_success() || !text.contains("name=\"log\"") {
+                return Err(SourceError::NotWordPress(base.clone()));
+            }
+            let posted = http
+                .post(format!("{base}/wp-login.php"))
+                .form(&[
+                    ("log", login.username.as_str()),
+                    ("pwd", login.password.as_str()),
+                    ("wp-submit", "Log In"),
+                    ("testcookie", "1"),
+                ])
+                .send()
+                .await
+                .map_err(unreachable)?;
+            // A successful login redirects (followed to wp-admin); a refused one shows the form
+            // again with an error. Landing on the form without one: the session was dropped.
+            let landed = posted.url().path().to_string();
+            let body = posted.text().await.unwrap_or_default();
+            if body.contains("id=\"login_error\"") {
+                return Err(SourceError::BadCredentials(login.username.clone()));
+            }
+            let nonce = if landed.ends_with("/wp-login.php") {
+                String::new()
+            } else {
+                http.get(format!("{base}/wp-admin/admin-ajax.php?action=rest-nonce"))
+                    .send()
+                    .await
+                    .map_err(unreachable)?
+                    .text()
+                    .await
+                    .unwrap_or_default()
+            };
+            let nonce = nonce.trim().to_string();
+            if nonce.len() == 10 && nonce.chars().all(|c| c.is_ascii_hexdigit()) {
+                break (http, nonce);
+            }
+            if attempt >= LOGIN_ATTEMPTS {
+                return Err(SourceError::BadCredentials(login.username.clone()));
+            }
+            let pause = 100 * u64::from(attempt) + rand::random::<u64>() % 200;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        };
         let status = http
             .get(format!("{base}/?rest_route=/clonepool/v1/status"))
             .header("X-WP-Nonce", &nonce)
