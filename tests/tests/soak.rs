@@ -24,8 +24,10 @@ use std::time::{Duration, Instant};
 
 const CHILD: &str = "child_process_for_the_soak";
 const WARM_TARGET: u32 = 2;
-/// Room for every client's clone, the pods being reset and the WARM buffer.
-const MAX_PODS: u32 = 14;
+/// Room for every client's clone, the pods being reset or removed after their clone (seconds each
+/// on a loaded machine) and the WARM buffer: with 14, a full run at load 17 had claims find no
+/// room while pods were still being reset, and those jobs failed "no capacity".
+const MAX_PODS: u32 = 24;
 /// File descriptors a process may hold beyond its count after the warm-up round (connection
 /// pools, lazily opened files).
 const FD_SLACK: usize = 16;
