@@ -142,6 +142,29 @@ fn serve(
     })
 }
 
+/// Removes the import spool directories (`import-*`, see [`crate::import::spool_archive`]) an
+/// agent killed mid-import left in its data directory: an interrupted import is never resumed
+/// (the coordinator fails the job and releases the pod), so they would only fill the disk.
+fn remove_stale_import_spools(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        if is_dir && name.to_string_lossy().starts_with("import-") {
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => {
+                    tracing::info!(dir = %entry.path().display(), "removed the spool of an interrupted import")
+                }
+                Err(e) => {
+                    tracing::warn!(dir = %entry.path().display(), error = %e, "cannot remove the spool of an interrupted import")
+                }
+            }
+        }
+    }
+}
+
 /// Builds and starts the agent over `runtime`, probing WordPress with `probe`. Needs no answer
 /// from the runtime: the state file, token, ports and debug socket come up first (start-up
 /// errors about them are returned), then the pool adopts the node's pods as soon as the runtime
@@ -153,6 +176,7 @@ pub async fn start(
 ) -> Result<RunningAgent, AppError> {
     let started = Instant::now();
     ensure_private_dir(&config.data_dir)?;
+    remove_stale_import_spools(&config.data_dir);
     let token = load_or_create_token(&config.token_file)?;
     let store = Arc::new(Store::open(&config.state_file())?);
 

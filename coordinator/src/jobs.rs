@@ -219,26 +219,24 @@ impl JobEngine {
         };
         let Err(failure) = outcome else { return };
         let now = now_ms();
-        let result = if failure.transient && job.attempts < self.settings.max_attempts {
+        if failure.transient && job.attempts < self.settings.max_attempts {
             let delay =
                 self.settings.backoff_base * 2u32.saturating_pow(job.attempts.saturating_sub(1));
             self.metrics.job_retries.inc();
             tracing::warn!(job = %job.id, attempt = job.attempts, error = %failure.message,
                 "job attempt failed; retrying in {delay:?}");
-            self.store
-                .retry_later(
-                    &job.id,
-                    now + delay.as_millis() as i64,
-                    format!(
-                        "Attempt {} of {} failed ({}); retrying in {} s",
-                        job.attempts,
-                        self.settings.max_attempts,
-                        failure.message,
-                        delay.as_secs_f32().ceil()
-                    ),
-                    now,
-                )
-                .await
+            let message = format!(
+                "Attempt {} of {} failed ({}); retrying in {} s",
+                job.attempts,
+                self.settings.max_attempts,
+                failure.message,
+                delay.as_secs_f32().ceil()
+            );
+            let due = now + delay.as_millis() as i64;
+            self.until_recorded(&job.id, "retry", || {
+                self.store.retry_later(&job.id, due, message.clone(), now)
+            })
+            .await;
         } else {
             let message = if failure.transient {
                 format!(
@@ -250,16 +248,34 @@ impl JobEngine {
             };
             tracing::warn!(job = %job.id, code = %failure.code, error = %message, "job failed");
             self.metrics.job_finished(job.job_type, JobState::Failed);
-            let failed = self
-                .store
-                .fail_job(&job.id, &failure.code, message, now)
-                .await;
+            self.until_recorded(&job.id, "failure", || {
+                self.store
+                    .fail_job(&job.id, &failure.code, message.clone(), now)
+            })
+            .await;
             self.reaper.wake();
-            failed.map(|_| ())
-        };
-        if let Err(err) = result {
-            // The job stays `running` in the store; the next start recovers it.
-            tracing::error!(job = %job.id, error = %err, "cannot record the job's outcome");
+        }
+    }
+
+    /// Runs a store write until it succeeds. A job's outcome must be recorded: otherwise the job
+    /// would stay `running` until the next start (e.g. after the database was locked by another
+    /// process or read-only for a while). Waits 1 s, doubling up to 30 s, between tries.
+    async fn until_recorded<T, F, Fut>(&self, job_id: &str, what: &str, mut write: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let mut delay = Duration::from_secs(1);
+        loop {
+            match write().await {
+                Ok(value) => return value,
+                Err(err) => {
+                    tracing::error!(job = %job_id, error = %err,
+                        "cannot record the job's {what}; trying again in {delay:?}");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(30));
+                }
+            }
         }
     }
 
@@ -344,10 +360,14 @@ impl JobEngine {
             password,
             magic_login_url,
         };
+        // The clone is ready on its agent: record that until it sticks.
+        let done_at = now_ms();
         match self
-            .store
-            .complete_clone_job(&job.id, clone.id, outcome, now_ms())
-            .await?
+            .until_recorded(&job.id, "completion", || {
+                self.store
+                    .complete_clone_job(&job.id, clone.id, outcome.clone(), done_at)
+            })
+            .await
         {
             Some((done, clone)) => {
                 self.edge.insert(&clone);

@@ -20,6 +20,8 @@ pub type ExportStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
 /// The plugin's files, embedded at build time (see build.rs).
 const MIGRATOR_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/migrator_files.rs"));
+/// Logins tried before a site's credentials are called wrong (see `browser_login`).
+const LOGIN_ATTEMPTS: u32 = 3;
 /// The plugin's directory and main file, as WordPress names it.
 const PLUGIN_DIR: &str = "clonepool-migrator";
 const PLUGIN_FILE: &str = "clonepool-migrator/clonepool-migrator.php";
@@ -404,7 +406,6 @@ impl HttpSiteClient {
         progress: Progress<'_>,
     ) -> Result<(Session, SiteInfo), SiteError> {
         let base = self.base(login)?;
-        let http = self.client()?;
         let remembered = match &self.memory {
             Some(m) => {
                 m.app_password(&base, &login.username, &login.password)
@@ -414,7 +415,7 @@ impl HttpSiteClient {
         };
         if let Some(app_password) = remembered {
             let session = Session {
-                http: http.clone(),
+                http: self.client()?,
                 base: base.clone(),
                 auth: Auth::AppPassword {
                     username: login.username.clone(),
@@ -432,7 +433,7 @@ impl HttpSiteClient {
                 Err(e) => return Err(e),
             }
         }
-        let session = self.browser_login(http, &base, login).await?;
+        let session = self.browser_login(&base, login).await?;
         let info = match self.plugin_status(&session, login).await? {
             Some(info) => info,
             None => {
@@ -480,60 +481,77 @@ impl HttpSiteClient {
     }
 
     /// Logs in like a browser: the login page (sets the test cookie), the form, the REST nonce.
+    ///
+    /// WordPress keeps all sessions of a user in one meta row that every login rewrites, so
+    /// logins of the same user at the same moment (clones of one site started together) can drop
+    /// each other's session: the login is accepted, yet the next request is logged out. Log in
+    /// again (fresh cookies, after a short random pause) before calling the password wrong.
     async fn browser_login(
         &self,
-        http: reqwest::Client,
         base: &str,
         login: &WpLogin,
     ) -> Result<Session, SiteError> {
         let unreachable = Self::unreachable(base);
-        let page = http
-            .get(format!("{base}/wp-login.php"))
-            .timeout(self.step_timeout)
-            .send()
-            .await
-            .map_err(&unreachable)?;
-        let status = page.status();
-        let text = page.text().await.unwrap_or_default();
-        if !status.is_success() || !text.contains("name=\"log\"") {
-            return Err(SiteError::NotWordPress(base.to_string()));
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let http = self.client()?;
+            let page = http
+                .get(format!("{base}/wp-login.php"))
+                .timeout(self.step_timeout)
+                .send()
+                .await
+                .map_err(&unreachable)?;
+            let status = page.status();
+            let text = page.text().await.unwrap_or_default();
+            if !status.is_success() || !text.contains("name=\"log\"") {
+                return Err(SiteError::NotWordPress(base.to_string()));
+            }
+            let posted = http
+                .post(format!("{base}/wp-login.php"))
+                .form(&[
+                    ("log", login.username.as_str()),
+                    ("pwd", login.password.as_str()),
+                    ("wp-submit", "Log In"),
+                    ("testcookie", "1"),
+                ])
+                .timeout(self.step_timeout)
+                .send()
+                .await
+                .map_err(&unreachable)?;
+            // A successful login redirects (followed to wp-admin); a refused one shows the form
+            // again with an error. Landing on the form without one: the session was dropped.
+            let landed = posted.url().path().to_string();
+            let body = posted.text().await.unwrap_or_default();
+            if body.contains("id=\"login_error\"") {
+                return Err(SiteError::BadCredentials(login.username.clone()));
+            }
+            let nonce = if landed.ends_with("/wp-login.php") {
+                String::new()
+            } else {
+                http.get(format!("{base}/wp-admin/admin-ajax.php?action=rest-nonce"))
+                    .timeout(self.step_timeout)
+                    .send()
+                    .await
+                    .map_err(&unreachable)?
+                    .text()
+                    .await
+                    .unwrap_or_default()
+            };
+            let nonce = nonce.trim().to_string();
+            if nonce.len() == 10 && nonce.chars().all(|c| c.is_ascii_hexdigit()) {
+                return Ok(Session {
+                    http,
+                    base: base.to_string(),
+                    auth: Auth::Nonce(nonce),
+                });
+            }
+            if attempt >= LOGIN_ATTEMPTS {
+                return Err(SiteError::BadCredentials(login.username.clone()));
+            }
+            let pause = 100 * u64::from(attempt) + rand::random::<u64>() % 200;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
-        let posted = http
-            .post(format!("{base}/wp-login.php"))
-            .form(&[
-                ("log", login.username.as_str()),
-                ("pwd", login.password.as_str()),
-                ("wp-submit", "Log In"),
-                ("testcookie", "1"),
-            ])
-            .timeout(self.step_timeout)
-            .send()
-            .await
-            .map_err(&unreachable)?;
-        // A successful login redirects (followed to wp-admin); a refused one shows the form again.
-        let landed = posted.url().path().to_string();
-        let body = posted.text().await.unwrap_or_default();
-        if landed.ends_with("/wp-login.php") || body.contains("id=\"login_error\"") {
-            return Err(SiteError::BadCredentials(login.username.clone()));
-        }
-        let nonce = http
-            .get(format!("{base}/wp-admin/admin-ajax.php?action=rest-nonce"))
-            .timeout(self.step_timeout)
-            .send()
-            .await
-            .map_err(&unreachable)?
-            .text()
-            .await
-            .unwrap_or_default();
-        let nonce = nonce.trim().to_string();
-        if nonce.len() != 10 || !nonce.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(SiteError::BadCredentials(login.username.clone()));
-        }
-        Ok(Session {
-            http,
-            base: base.to_string(),
-            auth: Auth::Nonce(nonce),
-        })
     }
 
     /// What the plugin's status route answers (`Ok(None)`: not installed or not active).

@@ -1,6 +1,9 @@
 //! `clonepool-bench`: the measurements behind `scripts/bench`. Each section measures one thing
 //! against the real Docker Engine and workload image, prints median and p95 with the sample count
-//! and the budget from DESIGN.md, and merges its figures into a JSON results file.
+//! and the budget from DESIGN.md, and merges its figures into a JSON results file. `system`
+//! (system.rs) measures the whole system in one run.
+
+mod system;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -29,8 +32,48 @@ struct Cli {
     section: Section,
 }
 
+/// Sample counts and set-up of `clonepool-bench system` (defaults: the full run).
+#[derive(clap::Args)]
+pub struct SystemArgs {
+    /// Warm clones of the demo site.
+    #[arg(long, default_value_t = 20)]
+    warm: usize,
+    /// Cold clones of the demo site (WARM target 0).
+    #[arg(long, default_value_t = 10)]
+    cold: usize,
+    /// POSTs per client (100 clients), saturating; the paced round sends at least 5.
+    #[arg(long, default_value_t = 10)]
+    posts: usize,
+    /// job-status GETs per client (100 clients), in each round.
+    #[arg(long, default_value_t = 50)]
+    gets: usize,
+    /// Pool fills timed (agent start → WARM target).
+    #[arg(long, default_value_t = 3)]
+    fills: usize,
+    /// The agent's WARM target while warm clones are measured.
+    #[arg(long, default_value_t = 2)]
+    warm_target: u32,
+    #[arg(long, env = "CLONEPOOL_IMAGE")]
+    image: String,
+    /// Where clonepool-agent and clonepool-coordinator are.
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// The demo site's env file (scripts/demo-site writes it).
+    #[arg(long, default_value = ".clonepool/demo-site.env")]
+    demo_env: PathBuf,
+    /// Where the run's data and logs go (kept when the run fails).
+    #[arg(long, default_value = "/var/tmp")]
+    work_dir: PathBuf,
+    /// The command line to record with the figures.
+    #[arg(long, default_value = "clonepool-bench system")]
+    command: String,
+}
+
 #[derive(Subcommand)]
 enum Section {
+    /// The whole system in one run: warm and cold clones of the demo site, resets, API latency
+    /// under 100 clients, pool fill, idle RSS (see system.rs).
+    System(SystemArgs),
     /// Cold pod start: create → start → DB and WordPress set up → WordPress answers HTTP 200.
     PodStart {
         #[arg(long, default_value_t = 10)]
@@ -52,7 +95,13 @@ enum Section {
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
+    let mut run_info = None;
     let figures = match cli.section {
+        Section::System(args) => {
+            let (figures, info) = system::run(args).await?;
+            run_info = Some(info);
+            figures
+        }
         Section::PodStart { runs, image } => vec![pod_start(runs, &image).await?],
         Section::Record {
             name,
@@ -67,6 +116,13 @@ async fn main() -> Result<()> {
         )],
     };
     let mut results = ResultsFile::load(&cli.results)?;
+    if let Some(info) = run_info {
+        println!(
+            "\nclonepool-bench system, {} ({} cores, {:.0} GiB, load {:.1} → {:.1}, commit {})",
+            info.date, info.cores, info.memory_gib, info.load_start, info.load_end, info.git_commit
+        );
+        results.last_system_run = Some(info);
+    }
     for figure in figures {
         println!("{figure}");
         results.merge(figure);
