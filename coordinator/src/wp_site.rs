@@ -486,11 +486,7 @@ impl HttpSiteClient {
     /// logins of the same user at the same moment (clones of one site started together) can drop
     /// each other's session: the login is accepted, yet the next request is logged out. Log in
     /// again (fresh cookies, after a short random pause) before calling the password wrong.
-    async fn browser_login(
-        &self,
-        base: &str,
-        login: &WpLogin,
-    ) -> Result<Session, SiteError> {
+    async fn browser_login(&self, base: &str, login: &WpLogin) -> Result<Session, SiteError> {
         let unreachable = Self::unreachable(base);
         let mut attempt = 0u32;
         loop {
