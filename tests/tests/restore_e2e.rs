@@ -179,8 +179,13 @@ async fn a_change_made_in_a_clone_is_restored_to_the_site_with_a_backup_and_roll
         tables: None,
         include_users: None,
     };
+    let started = std::time::Instant::now();
     let accepted = stack.api.restore(&request, None).await.unwrap();
     let (done, messages) = follow(&stack, &accepted.job.job_id).await;
+    eprintln!(
+        "restore of the demo clone (request → completed): {:.0} ms",
+        started.elapsed().as_secs_f64() * 1000.0
+    );
     assert_eq!(done.status, JobState::Completed, "{done:?} {messages:?}");
     for step in ["Logging in to", "Exporting the clone edit", "Pushing the"] {
         assert!(
@@ -241,6 +246,7 @@ async fn a_change_made_in_a_clone_is_restored_to_the_site_with_a_backup_and_roll
     );
 
     // Rollback: the old state comes back, the file the restore made goes.
+    let rollback_started = std::time::Instant::now();
     let accepted = stack
         .api
         .rollback(
@@ -253,6 +259,10 @@ async fn a_change_made_in_a_clone_is_restored_to_the_site_with_a_backup_and_roll
         .await
         .unwrap();
     let (rolled, _) = follow(&stack, &accepted.job.job_id).await;
+    eprintln!(
+        "rollback of that restore (request → completed): {:.0} ms",
+        rollback_started.elapsed().as_secs_f64() * 1000.0
+    );
     assert_eq!(rolled.status, JobState::Completed, "{rolled:?}");
     let Some(JobResult::Rollback(rollback)) = rolled.result else {
         panic!("no rollback result")
