@@ -423,6 +423,7 @@ pub mod fake {
         pub next_pod: u32,
         pub release_calls: HashMap<String, u32>,
         pub claim_calls: u32,
+        pub capacity_calls: u32,
         pub down: bool,
         /// The next N claims fail with Unavailable *after* taking effect (lost answer).
         pub lose_claim_answers: u32,
@@ -583,6 +584,7 @@ pub mod fake {
 
         async fn capacity(&self) -> Result<Capacity, AgentError> {
             self.with(|s| {
+                s.capacity_calls += 1;
                 if s.down {
                     return Err(AgentError::Unavailable("connection refused".into()));
                 }

@@ -9,6 +9,16 @@ use std::time::Duration;
 /// Environment variable holding API tokens (comma-separated) instead of, or besides, the token file.
 pub const API_TOKEN_ENV: &str = "CLONEPOOL_API_TOKEN";
 
+/// How the coordinator runs (see coordinator/README.md, "Kubernetes mode").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// Agents from `--agent-url`; clones reached through the edge proxy; cold pods made by agents.
+    Standalone,
+    /// Agents found through the API server; a Service + Ingress per clone; cold clones are
+    /// Deployments the coordinator creates.
+    Kubernetes,
+}
+
 /// How the router chooses among agents that have a warm pod.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Placement {
@@ -176,6 +186,109 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "CLONEPOOL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Standalone (agents from `--agent-url`, the edge proxy) or kubernetes (agents discovered
+    /// through the API server, a Service + Ingress per clone, cold clones as Deployments).
+    #[arg(long, env = "CLONEPOOL_MODE", value_enum, default_value_t = Mode::Standalone)]
+    pub mode: Mode,
+
+    #[command(flatten)]
+    pub kube: KubeConfig,
+}
+
+/// Settings of `--mode kubernetes` (ignored in standalone mode).
+#[derive(Debug, Clone, clap::Args)]
+pub struct KubeConfig {
+    /// Kubeconfig file to reach the API server (default: `KUBECONFIG`, `~/.kube/config`, or the
+    /// Pod's service account when running in a cluster).
+    #[arg(long = "kubeconfig", env = "CLONEPOOL_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Namespace the agents run in (default: the service account's or kubeconfig's namespace).
+    #[arg(long = "kube-namespace", env = "CLONEPOOL_KUBE_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Namespace of the clone Pods, their Services and Ingresses, and the cold Deployments
+    /// (default: `--kube-namespace`).
+    #[arg(
+        long = "kube-clones-namespace",
+        env = "CLONEPOOL_KUBE_CLONES_NAMESPACE"
+    )]
+    pub clones_namespace: Option<String>,
+
+    /// Label selector of the agent Pods.
+    #[arg(
+        long = "kube-agent-selector",
+        env = "CLONEPOOL_KUBE_AGENT_SELECTOR",
+        default_value = "app.kubernetes.io/name=clonepool,app.kubernetes.io/component=agent"
+    )]
+    pub agent_selector: String,
+
+    /// Port of the agent API on each agent Pod's IP.
+    #[arg(
+        long = "kube-agent-port",
+        env = "CLONEPOOL_KUBE_AGENT_PORT",
+        default_value_t = 7411
+    )]
+    pub agent_port: u16,
+
+    /// Clones are reached at `{clone}.{base_domain}` through the cluster's Ingress.
+    #[arg(long = "base-domain", env = "CLONEPOOL_BASE_DOMAIN")]
+    pub base_domain: Option<String>,
+
+    /// `ingressClassName` of the clones' Ingresses (default: the cluster's default class).
+    #[arg(long = "ingress-class", env = "CLONEPOOL_INGRESS_CLASS")]
+    pub ingress_class: Option<String>,
+
+    /// TLS secret (in the clones namespace) for the clones' Ingresses, e.g. a wildcard
+    /// certificate for `*.{base_domain}`. Set: clone URLs are `https://`; unset: `http://`.
+    #[arg(long = "ingress-tls-secret", env = "CLONEPOOL_INGRESS_TLS_SECRET")]
+    pub ingress_tls_secret: Option<String>,
+
+    /// Workload image of cold clones (the agents' pod image).
+    #[arg(long = "kube-image", env = "CLONEPOOL_IMAGE")]
+    pub image: Option<String>,
+
+    /// `imagePullPolicy` of the cold clones' containers.
+    #[arg(
+        long = "kube-image-pull-policy",
+        env = "CLONEPOOL_KUBE_IMAGE_PULL_POLICY",
+        default_value = "IfNotPresent"
+    )]
+    pub image_pull_policy: String,
+
+    /// Cold clones (Deployments) alive at the same time, at most.
+    #[arg(
+        long = "kube-cold-max",
+        env = "CLONEPOOL_KUBE_COLD_MAX",
+        default_value_t = 10
+    )]
+    pub cold_max: u32,
+
+    /// How long a cold clone's Pod may take to become Ready, in seconds.
+    #[arg(
+        long = "kube-cold-ready-timeout-secs",
+        env = "CLONEPOOL_KUBE_COLD_READY_TIMEOUT_SECS",
+        default_value_t = 300
+    )]
+    pub cold_ready_timeout_secs: u64,
+
+    /// CPU limit of each cold container (db and web), in thousandths of a core; requests are a
+    /// quarter of the limits.
+    #[arg(
+        long = "kube-cold-cpu-millis",
+        env = "CLONEPOOL_KUBE_COLD_CPU_MILLIS",
+        default_value_t = 1000
+    )]
+    pub cold_cpu_millis: u32,
+
+    /// Memory limit of each cold container (db and web), in MiB.
+    #[arg(
+        long = "kube-cold-memory-mb",
+        env = "CLONEPOOL_KUBE_COLD_MEMORY_MB",
+        default_value_t = 384
+    )]
+    pub cold_memory_mb: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -200,6 +313,8 @@ impl std::fmt::Debug for Config {
             .field("placement", &self.placement)
             .field("max_concurrent_jobs", &self.max_concurrent_jobs)
             .field("max_queued_jobs", &self.max_queued_jobs)
+            .field("mode", &self.mode)
+            .field("kube", &self.kube)
             .finish_non_exhaustive()
     }
 }
@@ -259,8 +374,11 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         use clonepool_common::api::{MAX_TTL_MINUTES, MIN_TTL_MINUTES};
         let mut problems = Vec::new();
-        if self.agent_urls.is_empty() {
+        if self.mode == Mode::Standalone && self.agent_urls.is_empty() {
             problems.push("at least one --agent-url is needed".to_string());
+        }
+        if self.mode == Mode::Kubernetes {
+            self.kube.check(&mut problems);
         }
         for url in &self.agent_urls {
             match reqwest::Url::parse(url) {
@@ -334,6 +452,96 @@ impl Config {
     }
 }
 
+impl KubeConfig {
+    /// Problems of a kubernetes-mode configuration.
+    fn check(&self, problems: &mut Vec<String>) {
+        let is_dns_name = |name: &str| {
+            !name.is_empty()
+                && name.len() <= 253
+                && name.split('.').all(|label| {
+                    clonepool_common::ids::validate_dns_label("name", label, 63).is_ok()
+                })
+        };
+        match self.base_domain.as_deref().map(|d| d.trim_matches('.')) {
+            None | Some("") => {
+                problems.push("--base-domain is needed in kubernetes mode".to_string())
+            }
+            Some(domain) if !is_dns_name(domain) => problems.push(format!(
+                "--base-domain {domain:?} must be a lower-case DNS name"
+            )),
+            Some(_) => {}
+        }
+        if self.image.as_deref().is_none_or(|i| i.trim().is_empty()) {
+            problems.push(
+                "--kube-image (CLONEPOOL_IMAGE) is needed in kubernetes mode: cold clones run it"
+                    .to_string(),
+            );
+        }
+        for (flag, value) in [
+            ("--kube-namespace", &self.namespace),
+            ("--kube-clones-namespace", &self.clones_namespace),
+        ] {
+            if let Some(ns) = value {
+                if clonepool_common::ids::validate_dns_label("namespace", ns, 63).is_err() {
+                    problems.push(format!("{flag} {ns:?} is not a namespace name"));
+                }
+            }
+        }
+        for (flag, value) in [
+            ("--ingress-class", &self.ingress_class),
+            ("--ingress-tls-secret", &self.ingress_tls_secret),
+        ] {
+            if let Some(name) = value {
+                if !is_dns_name(name) {
+                    problems.push(format!("{flag} {name:?} is not an object name"));
+                }
+            }
+        }
+        if self.agent_selector.trim().is_empty() {
+            problems.push("--kube-agent-selector must not be empty".to_string());
+        }
+        if self.agent_port == 0 {
+            problems.push("--kube-agent-port must be positive".to_string());
+        }
+        if !matches!(
+            self.image_pull_policy.as_str(),
+            "Always" | "IfNotPresent" | "Never"
+        ) {
+            problems.push(format!(
+                "--kube-image-pull-policy {:?} must be Always, IfNotPresent or Never",
+                self.image_pull_policy
+            ));
+        }
+        if self.cold_ready_timeout_secs == 0 {
+            problems.push("--kube-cold-ready-timeout-secs must be positive".to_string());
+        }
+        if self.cold_cpu_millis < 50 || self.cold_memory_mb < 128 {
+            problems.push(
+                "--kube-cold-cpu-millis must be at least 50 and --kube-cold-memory-mb at least 128"
+                    .to_string(),
+            );
+        }
+    }
+
+    /// The base domain without surrounding dots (validated: set in kubernetes mode).
+    pub fn domain(&self) -> String {
+        self.base_domain
+            .as_deref()
+            .unwrap_or("")
+            .trim_matches('.')
+            .to_string()
+    }
+
+    /// `https` when the Ingresses carry a TLS secret, else `http`.
+    pub fn clone_scheme(&self) -> &'static str {
+        if self.ingress_tls_secret.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// Splits a comma/newline separated token list, dropping blanks.
 pub fn split_tokens(value: &str) -> Vec<String> {
     value
@@ -362,6 +570,32 @@ mod tests {
         config.edge_domain = "Not A Domain".into();
         let err = config.validate().unwrap_err();
         assert_eq!(err.problems.len(), 4, "{err}");
+    }
+
+    #[test]
+    fn kubernetes_mode_needs_a_base_domain_and_an_image_and_reports_both() {
+        let mut config = Config::with_data_dir("/tmp/x");
+        config.mode = Mode::Kubernetes;
+        config.kube.image_pull_policy = "Sometimes".into();
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(err.to_string().contains("--base-domain"), "{err}");
+        assert!(err.to_string().contains("CLONEPOOL_IMAGE"), "{err}");
+        config.kube.base_domain = Some("clones.example.test".into());
+        config.kube.image = Some("clonepool/wordpress:abc".into());
+        config.kube.image_pull_policy = "Never".into();
+        config.validate().unwrap();
+        assert_eq!(config.kube.clone_scheme(), "http");
+        config.kube.ingress_tls_secret = Some("wildcard-tls".into());
+        assert_eq!(config.kube.clone_scheme(), "https");
+    }
+
+    #[test]
+    fn the_mode_is_a_flag_and_defaults_to_standalone() {
+        assert_eq!(Config::with_data_dir("/tmp/x").mode, Mode::Standalone);
+        let config = Config::parse_from(["c", "--mode", "kubernetes", "--base-domain", "d.test"]);
+        assert_eq!(config.mode, Mode::Kubernetes);
+        assert_eq!(config.kube.domain(), "d.test");
     }
 
     #[test]

@@ -44,20 +44,25 @@ pub struct Limits {
     pub dns_timeout: Duration,
 }
 
-/// How clone URLs are formed: `http://{clone}.{domain}:{port}`.
+/// How clone URLs are formed: `{scheme}://{clone}.{domain}[:{port}]` (standalone: the edge
+/// proxy's `http://{clone}.localhost:{port}`; Kubernetes: the Ingress's `{clone}.{base_domain}`).
 #[derive(Debug, Clone)]
 pub struct CloneUrls {
+    pub scheme: &'static str,
     pub domain: String,
-    pub port: u16,
+    pub port: Option<u16>,
 }
 
 impl CloneUrls {
     pub fn host(&self, clone_id: &str) -> String {
-        format!("{clone_id}.{}:{}", self.domain, self.port)
+        match self.port {
+            Some(port) => format!("{clone_id}.{}:{port}", self.domain),
+            None => format!("{clone_id}.{}", self.domain),
+        }
     }
 
     pub fn url(&self, clone_id: &str) -> String {
-        format!("http://{}", self.host(clone_id))
+        format!("{}://{}", self.scheme, self.host(clone_id))
     }
 }
 

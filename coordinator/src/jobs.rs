@@ -9,6 +9,7 @@
 //! a stopped coordinator left `running`.
 
 use crate::edge::EdgeRoutes;
+use crate::exposure::{CloneExposure, ExposeRequest};
 use crate::metrics::Metrics;
 use crate::reaper::Reaper;
 use crate::registry::AgentView;
@@ -68,6 +69,8 @@ pub struct JobEngine {
     /// The WordPress sites clone jobs read and restore jobs write; `None`: a clone is the pod's
     /// fresh WordPress, and restores fail.
     sites: Option<Arc<dyn SiteClient>>,
+    /// Routes a ready clone's URL to its pod (Kubernetes mode); `None`: the edge proxy only.
+    exposure: Option<Arc<dyn CloneExposure>>,
 }
 
 impl JobEngine {
@@ -89,7 +92,14 @@ impl JobEngine {
             settings,
             wake: Notify::new(),
             sites: None,
+            exposure: None,
         }
+    }
+
+    /// Each clone is exposed through `exposure` before its job completes.
+    pub fn with_exposure(mut self, exposure: Arc<dyn CloneExposure>) -> Self {
+        self.exposure = Some(exposure);
+        self
     }
 
     /// Clone jobs import their source site, and restore jobs push to their target, through
@@ -350,6 +360,22 @@ impl JobEngine {
             }
         };
         self.mark_ready(&claimed.agent, &clone_id).await?;
+        if let Some(exposure) = &self.exposure {
+            // Reachable at its URL before the job says so; a failure is retried with the job
+            // (the claim is idempotent), and the reaper withdraws whatever was made.
+            exposure
+                .expose(&ExposeRequest {
+                    clone_id: clone_id.to_string(),
+                    pod_id: claimed.response.pod_id.to_string(),
+                    agent: claimed.agent.clone(),
+                })
+                .await
+                .map_err(|err| JobFailure {
+                    transient: true,
+                    code: "clone_route_failed".into(),
+                    message: format!("the clone's Service and Ingress could not be made: {err}"),
+                })?;
+        }
         let outcome = ClaimOutcome {
             agent: claimed.agent.clone(),
             node: claimed.response.node.to_string(),
@@ -854,6 +880,7 @@ mod tests {
     use crate::agent_client::fake::FakeAgent;
     use crate::agent_client::AgentClient;
     use crate::config::Placement;
+    use crate::exposure::fake::FakeExposure;
     use crate::registry::AgentRegistry;
     use crate::store::tests::{clone_job, open_temp};
     use crate::wp_site::fake::FakeSite as FakeSource;
@@ -877,6 +904,15 @@ mod tests {
         max_attempts: u32,
         source: Option<Arc<FakeSource>>,
     ) -> Harness {
+        harness_full(agents, max_attempts, source, None).await
+    }
+
+    async fn harness_full(
+        agents: &[Arc<FakeAgent>],
+        max_attempts: u32,
+        source: Option<Arc<FakeSource>>,
+        exposure: Option<Arc<FakeExposure>>,
+    ) -> Harness {
         let (dir, store) = open_temp();
         let clients: Vec<Arc<dyn AgentClient>> = agents
             .iter()
@@ -887,13 +923,17 @@ mod tests {
         let router = Arc::new(Router::new(registry.clone(), Placement::Spread));
         let edge = EdgeRoutes::default();
         let metrics = Metrics::new();
-        let reaper = Arc::new(Reaper::new(
+        let mut reaper = Reaper::new(
             store.clone(),
             registry.clone(),
             edge.clone(),
             metrics.clone(),
-        ));
-        let engine = JobEngine::new(
+        );
+        if let Some(exposure) = &exposure {
+            reaper = reaper.with_exposure(exposure.clone());
+        }
+        let reaper = Arc::new(reaper);
+        let mut engine = JobEngine::new(
             store.clone(),
             router,
             reaper.clone(),
@@ -905,6 +945,9 @@ mod tests {
                 backoff_base: Duration::from_millis(1),
             },
         );
+        if let Some(exposure) = exposure {
+            engine = engine.with_exposure(exposure);
+        }
         let engine = Arc::new(match source {
             Some(source) => engine.with_sites(source),
             None => engine,
@@ -1057,6 +1100,67 @@ mod tests {
             agent.with(|s| s.ready.contains("shop")),
             "the pod was marked READY"
         );
+    }
+
+    #[tokio::test]
+    async fn a_clone_is_exposed_at_its_url_before_its_job_completes_and_withdrawn_when_it_ends() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let exposure = Arc::new(FakeExposure::default());
+        let h = harness_full(
+            std::slice::from_ref(&agent),
+            3,
+            None,
+            Some(exposure.clone()),
+        )
+        .await;
+        h.store
+            .create_job(clone_job("job-1", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+        let clone = h.store.clone_by_name("shop").await.unwrap().unwrap();
+        assert_eq!(
+            exposure.with(|s| s.exposed.get("shop").cloned()),
+            clone.pod_id,
+            "routed to the claimed pod"
+        );
+        h.store.end_clone("shop", now_ms()).await.unwrap();
+        h.reaper.tick(now_ms()).await.unwrap();
+        assert!(exposure.with(|s| s.exposed.is_empty()));
+        assert_eq!(agent.with(|s| s.release_calls["shop"]), 1);
+    }
+
+    #[tokio::test]
+    async fn a_clone_that_cannot_be_exposed_is_retried_then_fails_and_its_pod_goes_back() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let exposure = Arc::new(FakeExposure::default());
+        exposure.with(|s| s.fail_expose = true);
+        let h = harness_full(
+            std::slice::from_ref(&agent),
+            2,
+            None,
+            Some(exposure.clone()),
+        )
+        .await;
+        h.store
+            .create_job(clone_job("job-1", "shop", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        let job = h.store.job("job-1").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Failed);
+        assert_eq!(job.error_code.as_deref(), Some("clone_route_failed"));
+        assert_eq!(job.attempts, 2, "retried like any transient failure");
+        assert_eq!(
+            agent.with(|s| s.claims.len()),
+            1,
+            "the retry got the same pod"
+        );
+        h.reaper.tick(now_ms()).await.unwrap();
+        assert_eq!(agent.with(|s| s.release_calls["shop"]), 1);
+        assert_eq!(exposure.with(|s| s.withdrawn.clone()), ["shop"]);
     }
 
     #[tokio::test]

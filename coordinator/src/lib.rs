@@ -1,5 +1,7 @@
 //! The clonepool coordinator: the HTTPS API users call, the durable job engine, the agent
-//! registry and router, the cold fallback, the TTL reaper and the edge proxy.
+//! registry and router, the cold fallback, the TTL reaper and the edge proxy — and in
+//! Kubernetes mode ([`kubernetes`]) agent discovery, a Service + Ingress per clone and cold
+//! clones as Deployments through the API server.
 //!
 //! [`start`] brings every piece up (in-process, for tests and embedding) and returns a handle
 //! with the bound addresses; [`run`] is what the binary calls.
@@ -11,8 +13,10 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod edge;
+pub mod exposure;
 pub mod http_api;
 pub mod jobs;
+pub mod kubernetes;
 pub mod metrics;
 pub mod openapi;
 pub mod private_files;
@@ -32,8 +36,9 @@ mod api_tests;
 
 use crate::agent_client::{AgentClient, AgentToken, HttpAgentClient};
 use crate::auth::{ApiTokens, TokenSource};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Mode};
 use crate::edge::{EdgeProxy, EdgeRoutes};
+use crate::exposure::{CloneExposure, ExposeRequest};
 use crate::jobs::{EngineSettings, JobEngine};
 use crate::metrics::Metrics;
 use crate::reaper::Reaper;
@@ -66,6 +71,8 @@ pub enum CoordinatorError {
     Tls(#[from] TlsError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Kube(#[from] kubernetes::KubeError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -129,6 +136,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Coord
 pub async fn start(config: Config) -> Result<Coordinator, CoordinatorError> {
     config.validate()?;
     let agent_token = AgentToken::from_file(config.agent_token_file.clone());
+    if config.mode == Mode::Kubernetes {
+        let client = kubernetes::client(&config.kube).await?;
+        let settings = kubernetes::KubeSettings::from_config(&config.kube, &client);
+        return start_inner(
+            config,
+            Vec::new(),
+            agent_token,
+            Some(KubeParts { client, settings }),
+        )
+        .await;
+    }
     let clients: Vec<Arc<dyn AgentClient>> = config
         .agent_urls
         .iter()
@@ -150,8 +168,37 @@ pub async fn start_with_agents(
     clients: Vec<Arc<dyn AgentClient>>,
     agent_token: AgentToken,
 ) -> Result<Coordinator, CoordinatorError> {
+    start_inner(config, clients, agent_token, None).await
+}
+
+/// What Kubernetes mode runs on.
+struct KubeParts {
+    client: ::kube::Client,
+    settings: kubernetes::KubeSettings,
+}
+
+/// How long start-up waits for the first list of agent Pods.
+const DISCOVERY_SYNC: Duration = Duration::from_secs(5);
+
+async fn start_inner(
+    config: Config,
+    mut clients: Vec<Arc<dyn AgentClient>>,
+    agent_token: AgentToken,
+    kube: Option<KubeParts>,
+) -> Result<Coordinator, CoordinatorError> {
     config.validate()?;
     private_files::ensure_private_dir(&config.data_dir)?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let mut tasks = Vec::new();
+    let cold = kube.as_ref().map(|k| {
+        Arc::new(kubernetes::cold::ColdProvisioner::new(
+            k.client.clone(),
+            k.settings.clone(),
+        ))
+    });
+    if let Some(cold) = &cold {
+        clients.push(cold.clone() as Arc<dyn AgentClient>);
+    }
     let (api_tokens, tokens) =
         ApiTokens::load_or_generate(&config.api_token_path(), &config.api_tokens_from_env)?;
     let operator_tls = config.tls_cert.as_deref().zip(config.tls_key.as_deref());
@@ -160,7 +207,34 @@ pub async fn start_with_agents(
     let store = Store::open(&config.db_path())?.with_minute_ms(config.ttl_minute_ms as i64);
     let metrics = Metrics::new();
     let registry = Arc::new(AgentRegistry::new(clients, config.agent_stale()));
+    if let Some(k) = &kube {
+        let discovery = kubernetes::discovery::AgentDiscovery::new(
+            k.client.clone(),
+            &k.settings.namespace,
+            &k.settings.agent_selector,
+            k.settings.agent_port,
+            agent_token.clone(),
+            config.agent_timeout(),
+            registry.clone(),
+        );
+        let (synced_tx, mut synced_rx) = watch::channel(false);
+        tasks.push(tokio::spawn(discovery.run(synced_tx, shutdown_rx.clone())));
+        if tokio::time::timeout(DISCOVERY_SYNC, synced_rx.wait_for(|synced| *synced))
+            .await
+            .is_err()
+        {
+            tracing::warn!(namespace = %k.settings.namespace, selector = %k.settings.agent_selector,
+                "agent Pods not listed yet; continuing (discovery keeps trying)");
+        }
+    }
     let _ = tokio::time::timeout(Duration::from_secs(3), registry.poll_all()).await;
+    let exposure: Option<Arc<dyn CloneExposure>> = match (&kube, &cold) {
+        (Some(k), Some(cold)) => Some(Arc::new(
+            kubernetes::routes::KubeRoutes::new(k.client.clone(), k.settings.clone())
+                .skipping(cold.url()),
+        )),
+        _ => None,
+    };
 
     let api_listener = bind("API", config.listen).await?;
     let admin_listener = bind("admin", config.admin_listen).await?;
@@ -179,19 +253,27 @@ pub async fn start_with_agents(
     for clone in store.ready_clones().await? {
         edge_routes.insert(&clone);
     }
-    let reaper = Arc::new(Reaper::new(
+    let mut reaper = Reaper::new(
         store.clone(),
         registry.clone(),
         edge_routes.clone(),
         metrics.clone(),
-    ));
-    let router = Arc::new(Router::new(registry.clone(), config.placement));
+    );
+    let mut router = Router::new(registry.clone(), config.placement);
+    if let Some(exposure) = &exposure {
+        reaper = reaper.with_exposure(exposure.clone());
+    }
+    if let Some(cold) = &cold {
+        router = router.with_cold_provisioner(cold.url());
+    }
+    let reaper = Arc::new(reaper);
+    let router = Arc::new(router);
     let policy = Arc::new(
         UrlPolicy::new(&config.url_allow_hosts)
             .rejecting_unresolvable(config.url_reject_unresolvable),
     );
     let lookup: Arc<dyn crate::url_guard::Lookup> = Arc::new(SystemLookup);
-    let engine = JobEngine::new(
+    let mut engine = JobEngine::new(
         store.clone(),
         router,
         reaper.clone(),
@@ -203,6 +285,12 @@ pub async fn start_with_agents(
             backoff_base: Duration::from_millis(config.retry_backoff_ms),
         },
     );
+    if let Some(exposure) = &exposure {
+        engine = engine.with_exposure(exposure.clone());
+        // Ready clones get their Service + Ingress again (idempotent), in the background.
+        let ready = store.ready_clones().await?;
+        tasks.push(tokio::spawn(reexpose(exposure.clone(), ready)));
+    }
     let engine = Arc::new(if config.source_import {
         engine.with_sites(Arc::new(
             wp_site::HttpSiteClient::new(policy.clone(), lookup.clone())
@@ -229,9 +317,17 @@ pub async fn start_with_agents(
             default_ttl_minutes: config.default_ttl_minutes,
             dns_timeout: Duration::from_millis(config.dns_timeout_ms),
         },
-        clone_urls: http_api::CloneUrls {
-            domain: config.edge_domain.trim_matches('.').to_string(),
-            port: config.edge_public_port.unwrap_or(edge_addr.port()),
+        clone_urls: match &kube {
+            Some(k) => http_api::CloneUrls {
+                scheme: k.settings.scheme,
+                domain: k.settings.domain.clone(),
+                port: None,
+            },
+            None => http_api::CloneUrls {
+                scheme: "http",
+                domain: config.edge_domain.trim_matches('.').to_string(),
+                port: Some(config.edge_public_port.unwrap_or(edge_addr.port())),
+            },
         },
         openapi: Arc::new(openapi::document()),
     };
@@ -243,8 +339,7 @@ pub async fn start_with_agents(
         ready: ready.clone(),
     };
 
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let tasks = vec![
+    tasks.extend([
         tokio::spawn(server::serve_tls(
             api_listener,
             tls_config,
@@ -268,7 +363,7 @@ pub async fn start_with_agents(
         ),
         tokio::spawn(reaper.run(config.reaper_interval(), shutdown_rx.clone())),
         tokio::spawn(engine.run(shutdown_rx, JOB_DRAIN)),
-    ];
+    ]);
     ready.store(true, Ordering::Release);
 
     let coordinator = Coordinator {
@@ -288,10 +383,28 @@ pub async fn start_with_agents(
         token_file = %coordinator.tokens.path.display(),
         token_generated = coordinator.tokens.generated,
         ca = %coordinator.tls.ca.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "(operator certificate)".into()),
-        agents = ?config.agent_urls,
+        mode = ?config.mode,
+        agents = ?registry.snapshot().iter().map(|a| a.url.clone()).collect::<Vec<_>>(),
         "coordinator ready"
     );
     Ok(coordinator)
+}
+
+/// Applies the Service + Ingress of clones that were ready before a restart.
+async fn reexpose(exposure: Arc<dyn CloneExposure>, ready: Vec<store::CloneRow>) {
+    for clone in ready {
+        let (Some(pod_id), Some(agent)) = (clone.pod_id.clone(), clone.agent.clone()) else {
+            continue;
+        };
+        let request = ExposeRequest {
+            clone_id: clone.clone_id.clone(),
+            pod_id,
+            agent,
+        };
+        if let Err(err) = exposure.expose(&request).await {
+            tracing::warn!(clone = %clone.clone_id, error = %err, "re-applying a ready clone's Service and Ingress failed");
+        }
+    }
 }
 
 async fn serve_plain(

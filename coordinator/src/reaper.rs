@@ -5,6 +5,7 @@
 
 use crate::agent_client::AgentError;
 use crate::edge::EdgeRoutes;
+use crate::exposure::CloneExposure;
 use crate::metrics::Metrics;
 use crate::registry::AgentRegistry;
 use crate::store::{CloneRow, Store, StoreError};
@@ -40,6 +41,7 @@ pub struct Reaper {
     /// Clones whose last release was not confirmed: when to try again, and how often it failed.
     backoff: Mutex<HashMap<i64, (Instant, u32)>>,
     wake: Notify,
+    exposure: Option<Arc<dyn CloneExposure>>,
 }
 
 struct InFlightGuard<'a> {
@@ -71,7 +73,24 @@ impl Reaper {
             in_flight: Mutex::new(HashSet::new()),
             backoff: Mutex::new(HashMap::new()),
             wake: Notify::new(),
+            exposure: None,
         }
+    }
+
+    /// Clones are withdrawn from `exposure` before their pods are handed back.
+    pub fn with_exposure(mut self, exposure: Arc<dyn CloneExposure>) -> Self {
+        self.exposure = Some(exposure);
+        self
+    }
+
+    /// A release that could not go on: try again after a growing delay.
+    fn back_off(&self, clone: &CloneRow, why: &str) -> ReleaseOutcome {
+        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        let failures = backoff.get(&clone.id).map_or(0, |(_, n)| *n) + 1;
+        let delay = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
+        backoff.insert(clone.id, (Instant::now() + delay, failures));
+        tracing::warn!(clone = %clone.clone_id, problems = %why, "release not confirmed; will retry");
+        ReleaseOutcome::Pending(why.to_string())
     }
 
     /// Asks the loop to run now (a clone started releasing elsewhere).
@@ -98,6 +117,15 @@ impl Reaper {
             _ => return Ok(ReleaseOutcome::Released),
         };
         self.edge.remove(&clone.clone_id);
+        if let Some(exposure) = &self.exposure {
+            // The clone's name must stop reaching the pod before the pod can serve another clone.
+            if let Err(err) = exposure.withdraw(&clone.clone_id).await {
+                return Ok(self.back_off(
+                    &clone,
+                    &format!("withdrawing the clone's Service and Ingress: {err}"),
+                ));
+            }
+        }
         // Every agent that may hold a pod for the clone (the serving one included); each is
         // forgotten once it confirms, so a retry asks only those that did not.
         let agents = clone.claim_agents.clone();
@@ -133,13 +161,7 @@ impl Reaper {
             }
         }
         if !problems.is_empty() {
-            let why = problems.join("; ");
-            let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
-            let failures = backoff.get(&clone.id).map_or(0, |(_, n)| *n) + 1;
-            let delay = Duration::from_secs(1 << failures.min(6)).min(Duration::from_secs(60));
-            backoff.insert(clone.id, (Instant::now() + delay, failures));
-            tracing::warn!(clone = %clone.clone_id, problems = %why, "release not confirmed; will retry");
-            return Ok(ReleaseOutcome::Pending(why));
+            return Ok(self.back_off(&clone, &problems.join("; ")));
         }
         self.backoff
             .lock()
@@ -367,5 +389,48 @@ mod tests {
             store.clone_by_name("y").await.unwrap().unwrap().status,
             CloneStatus::Ready
         );
+    }
+
+    #[tokio::test]
+    async fn the_pod_goes_back_only_after_the_clones_route_is_withdrawn() {
+        use crate::exposure::fake::FakeExposure;
+        let (_dir, store) = open_temp();
+        let agent = FakeAgent::new("http://a", "node-a", 1, 1);
+        let registry = Arc::new(AgentRegistry::new(
+            vec![agent.clone() as Arc<dyn AgentClient>],
+            Duration::from_secs(60),
+        ));
+        registry.poll_all().await;
+        let exposure = Arc::new(FakeExposure::default());
+        let reaper = Reaper::new(
+            store.clone(),
+            registry.clone(),
+            EdgeRoutes::default(),
+            Metrics::new(),
+        )
+        .with_exposure(exposure.clone());
+        ready_clone(&store, &agent, "z", 0).await;
+        exposure.with(|s| s.exposed.insert("z".into(), "pod".into()));
+        let EndOutcome::Releasing(row) = store.end_clone("z", 1).await.unwrap() else {
+            panic!("ready clone must start releasing");
+        };
+        exposure.with(|s| s.fail_withdraw = true);
+        let outcome = reaper.release(&row).await.unwrap();
+        assert!(
+            matches!(&outcome, ReleaseOutcome::Pending(why) if why.contains("Service and Ingress")),
+            "{outcome:?}"
+        );
+        assert_eq!(
+            agent.with(|s| s.release_calls.get("z").copied()),
+            None,
+            "the pod must not serve another clone while this clone's name still reaches it"
+        );
+        exposure.with(|s| s.fail_withdraw = false);
+        assert_eq!(
+            reaper.release(&row).await.unwrap(),
+            ReleaseOutcome::Released
+        );
+        assert_eq!(agent.with(|s| s.release_calls["z"]), 1);
+        assert!(exposure.with(|s| s.exposed.is_empty()));
     }
 }

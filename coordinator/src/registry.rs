@@ -1,12 +1,16 @@
 //! The registry of agents: each agent's last capacity report, heartbeats (periodic capacity
 //! polls, plus pushes at `POST /internal/v1/capacity`), and which agents are up (heard from
-//! within the staleness limit) or down.
+//! within the staleness limit) or down. Agents are configured at start (standalone) or come
+//! and go at run time (Kubernetes discovery: [`AgentRegistry::add`], [`AgentRegistry::retire`]);
+//! a retired agent is down at once, and calls meant for it go to the agent that replaced it on
+//! the same node (an agent adopts its node's pods after a restart, under a new Pod IP).
 
 use crate::agent_client::{AgentClient, AgentError};
 use crate::timestamps::now_ms;
 use clonepool_common::agent_api::Capacity;
 use clonepool_common::api::AgentPool;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
@@ -14,6 +18,34 @@ use tokio::sync::watch;
 pub struct AgentEntry {
     pub client: Arc<dyn AgentClient>,
     state: Mutex<AgentState>,
+    /// The node it runs on, as discovery saw it (before any capacity report names it).
+    node_hint: Option<String>,
+    /// Gone for good (its Pod was deleted): down, no heartbeats, not listed.
+    retired: AtomicBool,
+}
+
+impl AgentEntry {
+    fn new(client: Arc<dyn AgentClient>, node_hint: Option<String>) -> Self {
+        Self {
+            client,
+            state: Mutex::new(AgentState::default()),
+            node_hint,
+            retired: AtomicBool::new(false),
+        }
+    }
+
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    fn node(&self) -> Option<String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .capacity
+            .as_ref()
+            .map(|c| c.node.clone())
+            .or_else(|| self.node_hint.clone())
+    }
 }
 
 #[derive(Default, Clone)]
@@ -85,63 +117,131 @@ impl AgentView {
     }
 }
 
+/// Retired agents remembered (oldest forgotten first) so their clones can still be released.
+const RETIRED_KEPT: usize = 256;
+
 pub struct AgentRegistry {
-    agents: Vec<Arc<AgentEntry>>,
+    agents: RwLock<Vec<Arc<AgentEntry>>>,
     stale_after: Duration,
 }
 
 impl AgentRegistry {
     pub fn new(clients: Vec<Arc<dyn AgentClient>>, stale_after: Duration) -> Self {
         Self {
-            agents: clients
-                .into_iter()
-                .map(|client| {
-                    Arc::new(AgentEntry {
-                        client,
-                        state: Mutex::new(AgentState::default()),
-                    })
-                })
-                .collect(),
+            agents: RwLock::new(
+                clients
+                    .into_iter()
+                    .map(|client| Arc::new(AgentEntry::new(client, None)))
+                    .collect(),
+            ),
             stale_after,
         }
     }
 
-    pub fn client(&self, url: &str) -> Option<Arc<dyn AgentClient>> {
+    fn entries(&self) -> Vec<Arc<AgentEntry>> {
         self.agents
-            .iter()
-            .find(|a| a.client.url() == url)
-            .map(|a| a.client.clone())
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
-    pub fn snapshot(&self) -> Vec<AgentView> {
-        let now = Instant::now();
-        self.agents
-            .iter()
-            .map(|agent| {
-                let state = agent
-                    .state
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .clone();
-                AgentView {
-                    url: agent.client.url().to_string(),
-                    up: state
-                        .last_seen
-                        .is_some_and(|seen| now.duration_since(seen) <= self.stale_after),
-                    capacity: state.capacity,
-                    last_seen_ms: state.last_seen_ms,
-                    last_error: state.last_error,
-                }
-            })
+    fn live_entries(&self) -> Vec<Arc<AgentEntry>> {
+        self.entries()
+            .into_iter()
+            .filter(|a| !a.is_retired())
             .collect()
     }
 
+    /// Adds an agent found at run time on `node`. False when an agent with that URL is already
+    /// known and live; a retired one with that URL is replaced.
+    pub fn add(&self, client: Arc<dyn AgentClient>, node: Option<String>) -> bool {
+        let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(pos) = agents.iter().position(|a| a.client.url() == client.url()) {
+            if !agents[pos].is_retired() {
+                return false;
+            }
+            agents.remove(pos);
+        }
+        agents.push(Arc::new(AgentEntry::new(client, node)));
+        true
+    }
+
+    /// The agent at `url` is gone for good: down at once, no more heartbeats or claims. Calls
+    /// for clones it served go to the live agent on the same node, once there is one.
+    pub fn retire(&self, url: &str) {
+        let mut agents = self.agents.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(agent) = agents.iter().find(|a| a.client.url() == url) {
+            agent.retired.store(true, Ordering::Release);
+        }
+        let retired = agents.iter().filter(|a| a.is_retired()).count();
+        if retired > RETIRED_KEPT {
+            if let Some(pos) = agents.iter().position(|a| a.is_retired()) {
+                agents.remove(pos);
+            }
+        }
+    }
+
+    /// The entry for `url`: the agent itself, or for a retired agent the live one that
+    /// replaced it on its node.
+    fn resolve(&self, url: &str) -> Option<Arc<AgentEntry>> {
+        let agents = self.entries();
+        let entry = agents.iter().find(|a| a.client.url() == url)?.clone();
+        if !entry.is_retired() {
+            return Some(entry);
+        }
+        let successor = entry.node().and_then(|node| {
+            agents
+                .iter()
+                .find(|a| !a.is_retired() && a.node().as_deref() == Some(node.as_str()))
+                .cloned()
+        });
+        Some(successor.unwrap_or(entry))
+    }
+
+    /// The client that serves `url`'s pods (see [`AgentRegistry::retire`]).
+    pub fn client(&self, url: &str) -> Option<Arc<dyn AgentClient>> {
+        self.resolve(url).map(|a| a.client.clone())
+    }
+
+    fn view_of(&self, agent: &AgentEntry, now: Instant) -> AgentView {
+        let state = agent
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        AgentView {
+            url: agent.client.url().to_string(),
+            up: !agent.is_retired()
+                && state
+                    .last_seen
+                    .is_some_and(|seen| now.duration_since(seen) <= self.stale_after),
+            capacity: state.capacity,
+            last_seen_ms: state.last_seen_ms,
+            last_error: if agent.is_retired() {
+                Some("the agent's Pod is gone".to_string())
+            } else {
+                state.last_error
+            },
+        }
+    }
+
+    /// Every live agent (retired ones are left out).
+    pub fn snapshot(&self) -> Vec<AgentView> {
+        let now = Instant::now();
+        self.live_entries()
+            .iter()
+            .map(|agent| self.view_of(agent, now))
+            .collect()
+    }
+
+    /// The agent serving `url`'s pods (its successor when it is retired and replaced).
     pub fn view(&self, url: &str) -> Option<AgentView> {
-        self.snapshot().into_iter().find(|a| a.url == url)
+        self.resolve(url)
+            .map(|agent| self.view_of(&agent, Instant::now()))
     }
 
     fn update(&self, url: &str, f: impl FnOnce(&mut AgentState)) {
-        if let Some(agent) = self.agents.iter().find(|a| a.client.url() == url) {
+        if let Some(agent) = self.live_entries().iter().find(|a| a.client.url() == url) {
             f(&mut agent.state.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
@@ -164,7 +264,7 @@ impl AgentRegistry {
     /// A pushed capacity report, matched to an agent by the node it reported before. False
     /// when no configured agent has reported that node.
     pub fn accept_push(&self, capacity: Capacity) -> bool {
-        let url = self.agents.iter().find_map(|agent| {
+        let url = self.live_entries().iter().find_map(|agent| {
             let state = agent.state.lock().unwrap_or_else(|p| p.into_inner());
             (state.capacity.as_ref().map(|c| c.node.as_str()) == Some(capacity.node.as_str()))
                 .then(|| agent.client.url().to_string())
@@ -208,7 +308,8 @@ impl AgentRegistry {
 
     /// Polls every agent's capacity once, concurrently.
     pub async fn poll_all(&self) {
-        let polls = self.agents.iter().map(|agent| async move {
+        let agents = self.live_entries();
+        let polls = agents.iter().map(|agent| async move {
             let url = agent.client.url().to_string();
             match agent.client.capacity().await {
                 Ok(capacity) => self.heard(&url, capacity),
@@ -216,6 +317,21 @@ impl AgentRegistry {
             }
         });
         futures_util::future::join_all(polls).await;
+    }
+
+    /// Polls one agent's capacity now (a newly discovered agent is up at once).
+    pub async fn poll(&self, url: &str) {
+        let Some(agent) = self
+            .live_entries()
+            .into_iter()
+            .find(|a| a.client.url() == url)
+        else {
+            return;
+        };
+        match agent.client.capacity().await {
+            Ok(capacity) => self.heard(url, capacity),
+            Err(err) => self.failed(url, &err),
+        }
     }
 
     /// Heartbeats: polls every `interval` until `shutdown` turns true.
@@ -276,5 +392,48 @@ mod tests {
             node: "node-z".into(),
             ..Capacity::default()
         }));
+    }
+
+    #[tokio::test]
+    async fn a_retired_agent_is_down_at_once_and_its_replacement_on_the_node_serves_its_clones() {
+        let old = FakeAgent::new("http://10.0.0.5:7411", "node-a", 2, 4);
+        let registry = AgentRegistry::new(vec![], Duration::from_secs(60));
+        assert!(registry.add(old.clone(), Some("node-a".into())));
+        assert!(!registry.add(old.clone(), Some("node-a".into())), "known");
+        registry.poll("http://10.0.0.5:7411").await;
+        assert!(registry.view("http://10.0.0.5:7411").unwrap().up);
+
+        registry.retire("http://10.0.0.5:7411");
+        assert!(
+            registry.snapshot().is_empty(),
+            "retired agents are not listed"
+        );
+        let view = registry.view("http://10.0.0.5:7411").unwrap();
+        assert!(!view.up, "down at once, not after the staleness limit");
+        registry.poll_all().await;
+        assert_eq!(
+            old.with(|s| s.capacity_calls),
+            1,
+            "no heartbeats to a retired agent"
+        );
+
+        // The DaemonSet's next Pod on node-a (new IP) adopts the node's pods.
+        let new = FakeAgent::new("http://10.0.0.9:7411", "node-a", 1, 4);
+        registry.add(new.clone(), Some("node-a".into()));
+        registry.poll_all().await;
+        assert_eq!(
+            registry.client("http://10.0.0.5:7411").unwrap().url(),
+            "http://10.0.0.9:7411",
+            "calls for the old agent's clones go to its successor"
+        );
+        assert!(registry.view("http://10.0.0.5:7411").unwrap().up);
+        // An agent on another node is no successor.
+        registry.retire("http://10.0.0.9:7411");
+        let other = FakeAgent::new("http://10.0.1.1:7411", "node-b", 1, 4);
+        registry.add(other, Some("node-b".into()));
+        assert_eq!(
+            registry.client("http://10.0.0.5:7411").unwrap().url(),
+            "http://10.0.0.5:7411"
+        );
     }
 }

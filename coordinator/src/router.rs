@@ -1,7 +1,10 @@
 //! Routing a clone to a pod: ask agents with a warm pod first (most warm first when spreading,
 //! fewest when packing), move on when one has none or refuses, and when no warm pod is free
 //! anywhere ask an agent with room to create one (the cold path). The agent decides; the router
-//! only asks, and tells its observer before every claim so the ask is durable.
+//! only asks, and tells its observer before every claim so the ask is durable. In Kubernetes
+//! mode the cold path is not an agent but the coordinator's own provisioner (a Deployment per
+//! clone, `kubernetes::cold`), registered like an agent under its own URL
+//! ([`Router::with_cold_provisioner`]): agents are then only asked for warm pods.
 
 use crate::agent_client::AgentError;
 use crate::config::Placement;
@@ -62,6 +65,9 @@ pub struct Claimed {
 pub struct Router {
     registry: Arc<AgentRegistry>,
     placement: Placement,
+    /// The registry URL of the cold provisioner (Kubernetes mode), which alone serves cold
+    /// claims; `None`: agents with room create cold pods.
+    cold_provisioner: Option<String>,
 }
 
 enum Attempt {
@@ -75,7 +81,19 @@ impl Router {
         Self {
             registry,
             placement,
+            cold_provisioner: None,
         }
+    }
+
+    /// Cold claims go to the registry entry at `url` only (never to agents), and it is never
+    /// asked for a warm pod.
+    pub fn with_cold_provisioner(mut self, url: &str) -> Self {
+        self.cold_provisioner = Some(url.to_string());
+        self
+    }
+
+    fn is_provisioner(&self, agent: &AgentView) -> bool {
+        self.cold_provisioner.as_deref() == Some(agent.url.as_str())
     }
 
     pub fn registry(&self) -> &Arc<AgentRegistry> {
@@ -86,7 +104,7 @@ impl Router {
     pub fn warm_candidates(&self, agents: &[AgentView]) -> Vec<AgentView> {
         let mut candidates: Vec<AgentView> = agents
             .iter()
-            .filter(|a| a.accepts_claims() && a.warm() > 0)
+            .filter(|a| a.accepts_claims() && a.warm() > 0 && !self.is_provisioner(a))
             .cloned()
             .collect();
         match self.placement {
@@ -103,6 +121,13 @@ impl Router {
     /// Agents to ask for a cold pod, best first: those with room (most room first when
     /// spreading, least when packing), then the rest (their report may be stale).
     pub fn cold_candidates(&self, agents: &[AgentView]) -> Vec<AgentView> {
+        if self.cold_provisioner.is_some() {
+            return agents
+                .iter()
+                .filter(|a| self.is_provisioner(a) && a.accepts_claims())
+                .cloned()
+                .collect();
+        }
         let mut candidates: Vec<AgentView> = agents
             .iter()
             .filter(|a| a.accepts_claims())
@@ -390,5 +415,32 @@ mod tests {
             claimed.response.pod_id.as_str(),
             a.with(|s| s.claims["c1"].0.clone())
         );
+    }
+
+    #[tokio::test]
+    async fn with_a_cold_provisioner_agents_serve_warm_claims_only_and_it_serves_the_cold_ones() {
+        let a = FakeAgent::new("http://a", "node-a", 1, 4);
+        let cold = FakeAgent::new("kubernetes://clones/cold", "kubernetes", 0, 10);
+        let clients: Vec<Arc<dyn AgentClient>> = vec![a.clone(), cold.clone()];
+        let registry = Arc::new(AgentRegistry::new(clients, Duration::from_secs(60)));
+        registry.poll_all().await;
+        let router = Router::new(registry, Placement::Spread)
+            .with_cold_provisioner("kubernetes://clones/cold");
+        let mut rec = Recorder::default();
+        let first = router.claim(&id("c1"), "h", None, &mut rec).await.unwrap();
+        assert_eq!(first.agent, "http://a");
+        assert_eq!(first.response.path, ClaimPath::Warm);
+        let second = router.claim(&id("c2"), "h", None, &mut rec).await.unwrap();
+        assert_eq!(second.agent, "kubernetes://clones/cold");
+        assert_eq!(second.response.path, ClaimPath::Cold);
+        assert_eq!(
+            rec.asked,
+            vec![
+                ("http://a".to_string(), false),
+                ("kubernetes://clones/cold".to_string(), true),
+            ],
+            "the agent (room for 3 more pods) is never asked for a cold pod"
+        );
+        assert_eq!(a.with(|s| s.claims.len()), 1);
     }
 }
