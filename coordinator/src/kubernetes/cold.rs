@@ -16,7 +16,8 @@
 //!   `GET /` for the clone's host name.
 //! * **Secret**: the database and admin passwords and the scripts' stdin.
 //! * **Service** + **Ingress**: as for warm clones (`routes.rs`), selecting the Pod by its
-//!   `clonepool.pod=cold-…` label.
+//!   `clonepool.pod=cold-…` label. The claim answers once the Pod is Ready and the Service
+//!   lists it as a ready endpoint.
 //!
 //! The Secret, Service and Ingress carry an ownerReference to the Deployment (blocking its
 //! deletion), so releasing the clone is one foreground delete of the Deployment: the garbage
@@ -25,7 +26,9 @@
 //! per clone (a resumed claim reuses the stored passwords). Importing a source site into a
 //! cold clone is not supported yet (no agent holds its containers): such jobs fail clearly.
 
-use super::routes::{apply_route, ingress_manifest, service_manifest};
+use super::routes::{
+    apply_route, ingress_manifest, service_manifest, wait_for_endpoint, ENDPOINT_TIMEOUT,
+};
 use super::{
     apply_params, clone_labels, is_not_found, object_name, owner_reference, KubeSettings,
     LABEL_CLONE, LABEL_POD, WEB_PORT,
@@ -44,6 +47,7 @@ use k8s_openapi::api::core::v1::{
     LifecycleHandler, Pod, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, Secret,
     SecretVolumeSource, Service, Volume, VolumeMount,
 };
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::Ingress;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
@@ -382,6 +386,7 @@ pub struct ColdProvisioner {
     secrets: Api<Secret>,
     services: Api<Service>,
     ingresses: Api<Ingress>,
+    slices: Api<EndpointSlice>,
     pods: Api<Pod>,
 }
 
@@ -394,6 +399,7 @@ impl ColdProvisioner {
             secrets: Api::namespaced(client.clone(), &ns),
             services: Api::namespaced(client.clone(), &ns),
             ingresses: Api::namespaced(client.clone(), &ns),
+            slices: Api::namespaced(client.clone(), &ns),
             pods: Api::namespaced(client, &ns),
             settings,
         }
@@ -573,6 +579,10 @@ impl AgentClient for ColdProvisioner {
         tracing::info!(clone = %clone_id, deployment = %name, "cold clone applied; waiting for its Pod");
 
         let (node, pod_ip) = self.wait_ready(&name, &pod_id).await?;
+        // Reachable through the Ingress once the Service lists the Pod as ready.
+        wait_for_endpoint(&self.slices, clone_id, ENDPOINT_TIMEOUT)
+            .await
+            .map_err(|err| AgentError::Unavailable(err.to_string()))?;
         let endpoint = match service
             .spec
             .as_ref()

@@ -38,6 +38,8 @@ pub enum KubeError {
     Infer(String),
     #[error("cannot build the Kubernetes client: {0}")]
     Client(String),
+    #[error("Service {service} listed no ready endpoint within {waited:?} (is its Pod Ready?)")]
+    NoEndpoint { service: String, waited: Duration },
     #[error("{what}: {source}")]
     Api {
         what: String,

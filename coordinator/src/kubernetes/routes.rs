@@ -8,6 +8,9 @@
 //! A pod id belongs to one clone at a time, and the Service is deleted before the pod is handed
 //! back (see `reaper.rs`), so a reused pod never answers under an old clone's name.
 //!
+//! A clone is exposed once its Service has a ready endpoint (an EndpointSlice lists the Pod as
+//! ready): what ingress controllers route by, so the clone URL answers when its job completes.
+//!
 //! Cold clones get the same two objects from the cold provisioner (owned by their Deployment,
 //! see [`super::cold`]); [`KubeRoutes::skipping`] leaves them to it.
 
@@ -18,14 +21,19 @@ use super::{
 use crate::exposure::{CloneExposure, ExposeRequest, ExposureError};
 use async_trait::async_trait;
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{
     HTTPIngressPath, HTTPIngressRuleValue, Ingress, IngressBackend, IngressRule,
     IngressServiceBackend, IngressSpec, IngressTLS, ServiceBackendPort,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use kube::api::{Api, DeleteParams, Patch};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// How long a clone's Service may take to list its Pod as a ready endpoint.
+pub const ENDPOINT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `app.kubernetes.io/component` of a warm clone's Service and Ingress.
 pub const COMPONENT_ROUTE: &str = "clone-route";
@@ -135,6 +143,39 @@ pub async fn apply_route(
     Ok(applied)
 }
 
+/// Waits until an EndpointSlice of the clone's Service lists a ready endpoint; returns its
+/// first address.
+pub async fn wait_for_endpoint(
+    slices: &Api<EndpointSlice>,
+    clone_id: &str,
+    timeout: Duration,
+) -> Result<String, KubeError> {
+    let name = object_name(clone_id);
+    let params = ListParams::default().labels(&format!("kubernetes.io/service-name={name}"));
+    let deadline = Instant::now() + timeout;
+    loop {
+        let listed = slices.list(&params).await.map_err(KubeError::api(format!(
+            "listing the EndpointSlices of Service {name}"
+        )))?;
+        let ready = listed
+            .items
+            .iter()
+            .flat_map(|slice| slice.endpoints.iter())
+            .find(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(false))
+            .and_then(|e| e.addresses.first().cloned());
+        if let Some(address) = ready {
+            return Ok(address);
+        }
+        if Instant::now() > deadline {
+            return Err(KubeError::NoEndpoint {
+                service: name,
+                waited: timeout,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Deletes the clone's Ingress, then its Service; already gone is fine.
 pub async fn delete_route(
     services: &Api<Service>,
@@ -159,6 +200,7 @@ pub async fn delete_route(
 pub struct KubeRoutes {
     services: Api<Service>,
     ingresses: Api<Ingress>,
+    slices: Api<EndpointSlice>,
     settings: KubeSettings,
     /// Clones claimed from this registry URL (the cold provisioner) already have theirs.
     skip_agent: Option<String>,
@@ -168,7 +210,8 @@ impl KubeRoutes {
     pub fn new(client: kube::Client, settings: KubeSettings) -> Self {
         Self {
             services: Api::namespaced(client.clone(), &settings.clones_namespace),
-            ingresses: Api::namespaced(client, &settings.clones_namespace),
+            ingresses: Api::namespaced(client.clone(), &settings.clones_namespace),
+            slices: Api::namespaced(client, &settings.clones_namespace),
             settings,
             skip_agent: None,
         }
@@ -198,11 +241,13 @@ impl CloneExposure for KubeRoutes {
         let ingress = ingress_manifest(&self.settings, &request.clone_id, COMPONENT_ROUTE, None);
         apply_route(&self.services, &self.ingresses, &service, &ingress)
             .await
-            .map(|_| {
-                tracing::info!(clone = %request.clone_id, pod = %request.pod_id,
-                    host = %self.settings.clone_host(&request.clone_id), "clone Service and Ingress applied");
-            })
-            .map_err(|err| ExposureError(err.to_string()))
+            .map_err(|err| ExposureError(err.to_string()))?;
+        let address = wait_for_endpoint(&self.slices, &request.clone_id, ENDPOINT_TIMEOUT)
+            .await
+            .map_err(|err| ExposureError(err.to_string()))?;
+        tracing::info!(clone = %request.clone_id, pod = %request.pod_id, endpoint = %address,
+            host = %self.settings.clone_host(&request.clone_id), "clone Service and Ingress applied");
+        Ok(())
     }
 
     async fn withdraw(&self, clone_id: &str) -> Result<(), ExposureError> {
