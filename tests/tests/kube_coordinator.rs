@@ -712,23 +712,30 @@ async fn a_warm_pods_clone_gets_a_service_and_ingress_to_its_pod_that_go_when_it
         spec.rules.unwrap()[0].host.as_deref(),
         Some("shop.clones.test")
     );
-    // The Service reaches that pod (and only it) through kube-proxy.
+    // The Service reaches that pod, and only it, through kube-proxy (which may take a moment
+    // to program a new Service: a reused ClusterIP can still lead elsewhere until then).
     let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
-    for _ in 0..5 {
-        let body = eventually(
-            "the clone's Service answers",
-            Duration::from_secs(30),
-            || {
-                let client = client_to("shop.clones.test", &cluster_ip);
-                async move {
-                    let response = client.get("http://shop.clones.test/").send().await.ok()?;
-                    response.text().await.ok()
-                }
-            },
-        )
-        .await;
+    let via_service = client_to("shop.clones.test", &cluster_ip);
+    let get = || async {
+        let response = via_service
+            .get("http://shop.clones.test/")
+            .send()
+            .await
+            .ok()?;
+        let status = response.status();
+        Some((status, response.text().await.ok()?))
+    };
+    eventually(
+        "the Service leads to the pod",
+        Duration::from_secs(30),
+        || async { get().await.filter(|(_, body)| body == "warm-pod-0123") },
+    )
+    .await;
+    for _ in 0..10 {
+        let (status, body) = get().await.expect("the Service answers");
         assert_eq!(
-            body, "warm-pod-0123",
+            (status.as_u16(), body.as_str()),
+            (200, "warm-pod-0123"),
             "the Service selects the clone's pod only"
         );
     }
