@@ -181,6 +181,13 @@ impl Reaper {
         for clone in &expired {
             tracing::info!(clone = %clone.clone_id, "clone expired");
             self.edge.remove(&clone.clone_id);
+            // The URL stops at expiry even while its agent is down and the pod cannot go back
+            // yet (`release` withdraws again, and hands the pod back only once that worked).
+            if let Some(exposure) = &self.exposure {
+                if let Err(err) = exposure.withdraw(&clone.clone_id).await {
+                    tracing::warn!(clone = %clone.clone_id, error = %err, "withdrawing an expired clone's Service and Ingress failed; retrying at release");
+                }
+            }
         }
         for clone in self.store.releasing_clones().await? {
             // Wait for agents that are down; an unknown agent is handled by `release`.
@@ -432,5 +439,43 @@ mod tests {
         );
         assert_eq!(agent.with(|s| s.release_calls["z"]), 1);
         assert!(exposure.with(|s| s.exposed.is_empty()));
+    }
+
+    #[tokio::test]
+    async fn an_expired_clone_stops_being_routed_even_while_its_agent_is_down() {
+        use crate::exposure::fake::FakeExposure;
+        let (_dir, store) = open_temp();
+        let agent = FakeAgent::new("http://a", "node-a", 1, 1);
+        let registry = Arc::new(AgentRegistry::new(
+            vec![agent.clone() as Arc<dyn AgentClient>],
+            Duration::from_millis(50),
+        ));
+        registry.poll_all().await;
+        let exposure = Arc::new(FakeExposure::default());
+        let reaper = Reaper::new(
+            store.clone(),
+            registry.clone(),
+            EdgeRoutes::default(),
+            Metrics::new(),
+        )
+        .with_exposure(exposure.clone());
+        ready_clone(&store, &agent, "e", 0).await;
+        exposure.with(|s| s.exposed.insert("e".into(), "pod".into()));
+        agent.with(|s| s.down = true);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert_eq!(reaper.tick(31 * 60_000).await.unwrap(), 1);
+        assert!(
+            exposure.with(|s| s.exposed.is_empty()),
+            "withdrawn at expiry"
+        );
+        assert_eq!(
+            agent.with(|s| s.release_calls.get("e").copied()),
+            None,
+            "the pod waits for its agent"
+        );
+        assert_eq!(
+            store.clone_by_name("e").await.unwrap().unwrap().status,
+            CloneStatus::Releasing
+        );
     }
 }

@@ -284,6 +284,14 @@ impl KubeEnv {
     /// A coordinator in Kubernetes mode running as the ServiceAccount, with fast loops and no
     /// source import (a clone is the fresh WordPress of its pod).
     async fn coordinator(&self, api_token: &str) -> (Coordinator, ApiClient) {
+        self.coordinator_with(api_token, |_| {}).await
+    }
+
+    async fn coordinator_with(
+        &self,
+        api_token: &str,
+        tune: impl FnOnce(&mut Config),
+    ) -> (Coordinator, ApiClient) {
         let data = self.dir.path().join("coordinator");
         let agent_token = self.dir.path().join("agent-token");
         std::fs::write(&agent_token, "kube-test-agent-token\n").unwrap();
@@ -309,6 +317,7 @@ impl KubeEnv {
         config.kube.cold_ready_timeout_secs = 240;
         config.kube.cold_cpu_millis = 500;
         config.kube.cold_memory_mb = 384;
+        tune(&mut config);
         let coordinator = clonepool_coordinator::start(config)
             .await
             .expect("the coordinator starts in Kubernetes mode");
@@ -935,4 +944,86 @@ async fn a_cold_claim_is_idempotent_per_clone_bounded_by_the_limit_and_a_release
         .await,
         Err(AgentError::NotFound(_))
     ));
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn a_cold_clone_whose_ttl_runs_out_leaves_nothing_behind() {
+    let Some(env) = kube_env("ttl").await else {
+        return;
+    };
+    let token = format!("kube-{:016x}", rand::random::<u64>());
+    // A TTL minute of 2 s: the shortest TTL (5 minutes) runs out 10 s after the clone is ready.
+    let (coordinator, api) = env
+        .coordinator_with(&token, |config| config.ttl_minute_ms = 2000)
+        .await;
+    let accepted = api
+        .clone_site(
+            &CloneRequest {
+                source_url: "https://source.test/".into(),
+                source_username: "admin".into(),
+                source_password: "unused".into(),
+                customer_id: None,
+                ttl_minutes: Some(clonepool_common::api::MIN_TTL_MINUTES),
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let status = api
+        .wait_job(
+            &accepted.job.job_id,
+            Duration::from_millis(250),
+            Duration::from_secs(300),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    let Some(JobResult::Clone(result)) = status.result.clone() else {
+        panic!("no clone result: {status:?}");
+    };
+    assert_eq!(result.path, ClonePath::Cold);
+    let name = format!("clone-{}", result.clone_id);
+    assert!(env
+        .api::<Deployment>()
+        .get_opt(&name)
+        .await
+        .unwrap()
+        .is_some());
+    let info = eventually(
+        "the clone expires and is released",
+        Duration::from_secs(90),
+        || async {
+            let info = api.clone_info(&result.clone_id).await.ok()?;
+            (info.status == CloneStatus::Released).then_some(info)
+        },
+    )
+    .await;
+    assert_eq!(info.end_reason.as_deref(), Some("expired"));
+    eventually(
+        "everything the clone made is gone",
+        Duration::from_secs(120),
+        || async {
+            let pods = env
+                .api::<Pod>()
+                .list(
+                    &ListParams::default().labels(&format!("clonepool.clone={}", result.clone_id)),
+                )
+                .await
+                .unwrap();
+            let gone = env
+                .api::<Deployment>()
+                .get_opt(&name)
+                .await
+                .unwrap()
+                .is_none()
+                && env.api::<Secret>().get_opt(&name).await.unwrap().is_none()
+                && env.api::<Service>().get_opt(&name).await.unwrap().is_none()
+                && env.api::<Ingress>().get_opt(&name).await.unwrap().is_none()
+                && pods.items.is_empty();
+            gone.then_some(())
+        },
+    )
+    .await;
+    coordinator.shutdown().await;
 }
