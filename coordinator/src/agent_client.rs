@@ -22,7 +22,7 @@ pub enum AgentError {
     #[error("no warm pod is free on this agent")]
     NoWarmPod,
     /// Definite: the agent is at its pod limit and cannot create one (nothing was claimed).
-    #[error("the agent has no room for another pod")]
+    #[error("the agent has no room for another pod (pods being reset count against its limit until they are WARM again)")]
     NoCapacity,
     /// Definite: the agent is draining and takes no claims.
     #[error("the agent is draining")]
