@@ -445,6 +445,8 @@ pub mod fake {
         pub imported: Vec<(String, usize)>,
         /// Export requests answered.
         pub exports: Vec<ExportRequest>,
+        /// What capacity reports as pods being reset.
+        pub resetting: u32,
     }
 
     pub struct FakeAgent {
@@ -592,6 +594,7 @@ pub mod fake {
                     assigned: Self::assigned(s),
                     max: s.max,
                     draining: s.draining,
+                    resetting: s.resetting,
                     runtime_reachable: !s.runtime_unreachable,
                     ..Capacity::default()
                 })
