@@ -1,9 +1,10 @@
-//! `clonepool-agent`: parses the configuration, starts the agent over the Docker Engine
-//! (connected when it answers), runs it until SIGTERM/SIGINT, then shuts down gracefully.
+//! `clonepool-agent`: parses the configuration, starts the agent over the configured backend
+//! (the Docker Engine, or a Kubernetes API server plus the node's Docker Engine; connected when
+//! it answers), runs it until SIGTERM/SIGINT, then shuts down gracefully.
 
 use anyhow::Context;
 use clonepool_agent::app;
-use clonepool_agent::config::AgentConfig;
+use clonepool_agent::config::{AgentConfig, Backend};
 use clonepool_agent::connecting_runtime::ConnectingRuntime;
 use clonepool_agent::provision::HttpSiteProbe;
 use std::sync::Arc;
@@ -36,8 +37,12 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // Connected when first used: the admin port and API come up even while Docker is down.
-    let runtime = ConnectingRuntime::docker(config.docker_socket.clone());
+    // Connected when first used: the admin port and API come up even while the engine (or the
+    // API server) is down.
+    let runtime = match config.backend {
+        Backend::Docker => ConnectingRuntime::docker(config.docker_socket.clone()),
+        Backend::Kubernetes => ConnectingRuntime::kube(config.kube_settings()),
+    };
     let agent = app::start(config, Arc::new(runtime), Arc::new(HttpSiteProbe::new())).await?;
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
