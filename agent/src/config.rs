@@ -171,6 +171,14 @@ pub struct RawConfig {
     /// apiserver (the API server's pods/exec; kubernetes backend only, to compare).
     #[arg(long, env = "CLONEPOOL_EXEC_PATH", default_value = "runtime")]
     pub exec_path: String,
+    /// Namespace of the node Lease `clonepool-agent-<node>` the agent holds while it runs, so
+    /// that one agent at a time manages a node (kubernetes backend); empty: no Lease.
+    #[arg(long, env = "CLONEPOOL_KUBE_LEASE_NAMESPACE", default_value = "")]
+    pub kube_lease_namespace: String,
+    /// The agent's identity as the Lease's holder (the chart passes its Pod's name); default:
+    /// the host name.
+    #[arg(long, env = "CLONEPOOL_KUBE_POD_NAME")]
+    pub kube_pod_name: Option<String>,
     /// Pod container resource requests as a percentage of the limits (kubernetes backend).
     #[arg(long, env = "CLONEPOOL_KUBE_REQUESTS_PERCENT", default_value = "10")]
     pub kube_requests_percent: String,
@@ -248,6 +256,10 @@ pub struct AgentConfig {
     pub kube_namespace: String,
     pub exec_path: ExecPath,
     pub kube_requests_percent: u32,
+    /// Namespace of the node Lease (kubernetes backend), when one is held.
+    pub kube_lease_namespace: Option<String>,
+    /// Holder identity for the node Lease.
+    pub kube_pod_name: String,
     pub db_limits: Limits,
     pub web_limits: Limits,
     pub reset_method: ResetMethod,
@@ -378,6 +390,21 @@ impl AgentConfig {
                 raw.kube_namespace
             ));
         }
+        let kube_lease_namespace = Some(raw.kube_lease_namespace.trim().to_string())
+            .filter(|ns| !ns.is_empty() && backend == Some(Backend::Kubernetes));
+        if let Some(ns) = &kube_lease_namespace {
+            if ns.parse::<NodeName>().is_err() {
+                p.push(format!(
+                    "kube-lease-namespace must be a DNS label (got {ns:?})"
+                ));
+            }
+        }
+        let kube_pod_name = raw
+            .kube_pod_name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(host_name)
+            .unwrap_or_else(|| "clonepool-agent".into());
         let kube_requests_percent = number(
             &mut p,
             "kube-requests-percent",
@@ -497,6 +524,8 @@ impl AgentConfig {
             kube_namespace: raw.kube_namespace,
             exec_path: exec_path.expect("validated"),
             kube_requests_percent: kube_requests_percent.expect("validated"),
+            kube_lease_namespace,
+            kube_pod_name,
             db_limits: Limits {
                 cpu_millis: db_cpu.expect("validated"),
                 memory_mb: db_mem.expect("validated"),
@@ -701,9 +730,18 @@ mod tests {
             "apiserver",
             "--kube-requests-percent",
             "25",
+            "--kube-lease-namespace",
+            "clonepool",
+            "--kube-pod-name",
+            "agent-x1",
         ]))
         .unwrap();
         assert_eq!(c.backend, Backend::Kubernetes);
+        assert_eq!(c.kube_lease_namespace.as_deref(), Some("clonepool"));
+        assert_eq!(c.kube_pod_name, "agent-x1");
+        // Docker mode holds no Lease, whatever is set.
+        let docker = AgentConfig::from_raw(raw(&["--kube-lease-namespace", "clonepool"])).unwrap();
+        assert_eq!(docker.kube_lease_namespace, None);
         let kube = c.kube_settings();
         assert_eq!(kube.namespace, "clones");
         assert_eq!(kube.node.as_str(), "test-node");

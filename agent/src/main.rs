@@ -6,6 +6,7 @@ use anyhow::Context;
 use clonepool_agent::app;
 use clonepool_agent::config::{AgentConfig, Backend};
 use clonepool_agent::connecting_runtime::ConnectingRuntime;
+use clonepool_agent::node_lease::NodeLease;
 use clonepool_agent::provision::HttpSiteProbe;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -37,6 +38,27 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: AgentConfig) -> anyhow::Result<()> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // Kubernetes mode: one agent per node at a time, through the node Lease.
+    let lease = match &config.kube_lease_namespace {
+        Some(namespace) if config.backend == Backend::Kubernetes => {
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes API server configuration for the node Lease")?;
+            let lease = NodeLease::new(
+                client,
+                namespace,
+                config.node.as_str(),
+                &config.kube_pod_name,
+            );
+            tokio::select! {
+                acquired = lease.acquire() => acquired.context("taking the node Lease")?,
+                _ = term.recv() => return Ok(()),
+                _ = int.recv() => return Ok(()),
+            }
+            Some(lease)
+        }
+        _ => None,
+    };
     // Connected when first used: the admin port and API come up even while the engine (or the
     // API server) is down.
     let runtime = match config.backend {
@@ -44,10 +66,20 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
         Backend::Kubernetes => ConnectingRuntime::kube(config.kube_settings()),
     };
     let agent = app::start(config, Arc::new(runtime), Arc::new(HttpSiteProbe::new())).await?;
+    let kept = async {
+        match &lease {
+            Some(lease) => lease.keep().await,
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM"),
         _ = int.recv() => tracing::info!("SIGINT"),
+        lost = kept => tracing::error!(error = %lost, "stopping: this agent no longer holds its node"),
     }
     agent.shutdown(app::SHUTDOWN_GRACE).await;
+    if let Some(lease) = lease {
+        lease.release().await;
+    }
     Ok(())
 }
