@@ -41,9 +41,6 @@ die() {
 # hash_of FILE...: a short sha256 over the files' contents (for cache keys and image tags).
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 
-# Components and the processes kube-up runs, in start order.
-KUBE_COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler dockershim kubelet kube-proxy)
-
 # component_binary NAME: the cached binary a component runs.
 component_binary() {
     case "$1" in
