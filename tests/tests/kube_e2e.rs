@@ -668,3 +668,104 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
     // And they still serve.
     successor.claim_and_check("kube-e2e-after-adoption").await;
 }
+
+/// `helm template` with `--set`s, as text.
+fn render(release: &str, namespace: &str, extra: &[&str]) -> String {
+    let chart = repo().join("charts/clonepool");
+    let chart = chart.display().to_string();
+    let mut args = vec![
+        "template",
+        release,
+        chart.as_str(),
+        "--namespace",
+        namespace,
+    ];
+    args.extend_from_slice(extra);
+    run("helm", &args)
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_server() {
+    let Some(_) = cluster().await else {
+        return;
+    };
+    let chart = repo().join("charts/clonepool").display().to_string();
+    let lint = run("helm", &["lint", &chart, "--strict"]);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    let id = format!("{:08x}", rand::random::<u32>());
+    let namespace = format!("clonepool-dry-{id}");
+    let clones = format!("{namespace}-clones");
+    // The namespaces must exist for a server-side dry run of the objects in them.
+    let _namespaces = Release {
+        name: format!("dry-{id}"),
+        namespace: namespace.clone(),
+        clones: clones.clone(),
+        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/dry-{id}")),
+    };
+    run("kubectl", &["create", "namespace", &namespace]);
+    run("kubectl", &["create", "namespace", &clones]);
+    let clones_set = format!("clones.namespace={clones}");
+    for variant in [
+        vec![],
+        vec!["--set", "agent.execPath=apiserver"],
+        vec!["--set", "coordinator.persistence.type=pvc"],
+        vec!["--set", "coordinator.persistence.type=emptyDir"],
+        vec!["--set", "networkPolicy.enabled=false"],
+    ] {
+        let mut extra = vec!["--set", clones_set.as_str()];
+        extra.extend(variant.iter().copied());
+        let manifests = render("dry", &namespace, &extra);
+        let path = std::env::temp_dir().join(format!("clonepool-chart-{id}.yaml"));
+        std::fs::write(&path, &manifests).unwrap();
+        let applied = run(
+            "kubectl",
+            &[
+                "apply",
+                "--dry-run=server",
+                "-f",
+                &path.display().to_string(),
+            ],
+        );
+        let _ = std::fs::remove_file(&path);
+        for kind in [
+            "daemonset.apps",
+            "statefulset.apps",
+            "role.rbac",
+            "rolebinding.rbac",
+        ] {
+            assert!(
+                applied.contains(kind),
+                "{variant:?}: no {kind} in\n{applied}"
+            );
+        }
+        assert_eq!(
+            manifests.contains("kind: NetworkPolicy"),
+            !variant.contains(&"networkPolicy.enabled=false"),
+            "{variant:?}"
+        );
+        // pods/exec is granted only for the API server exec path.
+        assert_eq!(
+            manifests.contains("pods/exec"),
+            variant.contains(&"agent.execPath=apiserver"),
+            "{variant:?}"
+        );
+    }
+    // A ServiceMonitor only where the Prometheus Operator's API exists.
+    let without = render("dry", &namespace, &[]);
+    assert!(!without.contains("kind: ServiceMonitor"));
+    let with = render(
+        "dry",
+        &namespace,
+        &["--api-versions", "monitoring.coreos.com/v1"],
+    );
+    assert!(with.contains("kind: ServiceMonitor"));
+    // Values that make no sense are refused by name.
+    let bad = Command::new(kube_bin("helm"))
+        .args(["template", "dry", &chart, "--set", "agent.execPath=ssh"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("agent.execPath"));
+}
