@@ -14,7 +14,8 @@
 //! test says so and passes, unless `CLONEPOOL_KUBE_REQUIRED` is set. The agent and the test
 //! reach Pod IPs directly (this machine routes the CNI bridge); no Ingress controller runs, so
 //! the clone is checked at its Pod's address with the clone's Host header.
-//! `CLONEPOOL_KUBE_RESETS` sets the resets measured per exec path (default 5).
+//! `CLONEPOOL_KUBE_RESETS` sets the resets measured per exec path (default 5),
+//! `CLONEPOOL_KUBE_RESET_METHOD` the agent's reset method (default the chart's, `sql`).
 
 use clonepool_common::agent_api::{Capacity, ClaimResponse};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
@@ -410,6 +411,9 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
         .and_then(|v| v.parse().ok())
         .unwrap_or(5);
 
+    let reset_method =
+        std::env::var("CLONEPOOL_KUBE_RESET_METHOD").unwrap_or_else(|_| "sql".to_string());
+
     let id = format!("{:08x}", rand::random::<u32>());
     let release = Release {
         name: format!("cpe2e-{id}"),
@@ -431,6 +435,7 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
         format!("agent.dataDir={}", agent_dir.display()),
         "agent.podLabels[0]=clonepool.test=true".to_string(),
         "coordinator.persistence.type=emptyDir".to_string(),
+        format!("agent.resetMethod={reset_method}"),
     ];
     let mut args = vec![
         "install".to_string(),
@@ -600,7 +605,7 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
     );
 
     eprintln!(
-        "\n=== Kubernetes mode: reset (release to WARM, verified), {resets} each, sql method ===\n\
+        "\n=== Kubernetes mode: reset (release to WARM, verified), {resets} each, {reset_method} method ===\n\
          runtime (Docker Engine API, direct): median {:.0} ms  samples {:?}\n\
          apiserver (pods/exec):              median {:.0} ms  samples {:?}\n",
         median_ms(&direct),
