@@ -182,6 +182,7 @@ pub async fn start(
 
     let mut registry = Registry::default();
     let metrics = AgentMetrics::register(&mut registry);
+    runtime.register_metrics(&mut registry);
     let registry = Arc::new(registry);
 
     let commands = PodCommands::new(runtime.clone());

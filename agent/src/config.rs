@@ -1,6 +1,7 @@
 //! The agent's typed configuration: command-line flags and `CLONEPOOL_*` environment variables,
 //! validated together so every bad value is reported at once.
 
+use crate::runtime::ExecPath;
 use clap::Parser;
 use clonepool_common::ids::NodeName;
 use std::fmt;
@@ -55,6 +56,44 @@ impl FromStr for ResetMethod {
                 let names: Vec<_> = ResetMethod::ALL.iter().map(|m| m.as_str()).collect();
                 format!("unknown reset method {s:?} (one of: {})", names.join(", "))
             })
+    }
+}
+
+/// What runs the pods.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// Container pairs created through the Docker Engine (standalone mode).
+    Docker,
+    /// Pods created through the Kubernetes API server, pinned to this node; their containers
+    /// reached through the node's Docker Engine.
+    Kubernetes,
+}
+
+impl Backend {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Backend::Docker => "docker",
+            Backend::Kubernetes => "kubernetes",
+        }
+    }
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "docker" => Ok(Backend::Docker),
+            "kubernetes" => Ok(Backend::Kubernetes),
+            _ => Err(format!(
+                "unknown backend {s:?} (one of: docker, kubernetes)"
+            )),
+        }
     }
 }
 
@@ -116,6 +155,33 @@ pub struct RawConfig {
     /// Docker network the pods join.
     #[arg(long, env = "CLONEPOOL_NETWORK", default_value = "clonepool")]
     pub network: String,
+    /// What runs the pods: docker (container pairs through the Docker Engine) or kubernetes
+    /// (Pods through the API server, pinned to --node; credentials from KUBECONFIG or the Pod's
+    /// service account).
+    #[arg(long, env = "CLONEPOOL_BACKEND", default_value = "docker")]
+    pub backend: String,
+    /// Namespace of the clone Pods (kubernetes backend).
+    #[arg(
+        long,
+        env = "CLONEPOOL_KUBE_NAMESPACE",
+        default_value = "clonepool-clones"
+    )]
+    pub kube_namespace: String,
+    /// How commands reach the pods' containers: runtime (the node's Docker Engine, directly) or
+    /// apiserver (the API server's pods/exec; kubernetes backend only, to compare).
+    #[arg(long, env = "CLONEPOOL_EXEC_PATH", default_value = "runtime")]
+    pub exec_path: String,
+    /// Namespace of the node Lease `clonepool-agent-<node>` the agent holds while it runs, so
+    /// that one agent at a time manages a node (kubernetes backend); empty: no Lease.
+    #[arg(long, env = "CLONEPOOL_KUBE_LEASE_NAMESPACE", default_value = "")]
+    pub kube_lease_namespace: String,
+    /// The agent's identity as the Lease's holder (the chart passes its Pod's name); default:
+    /// the host name.
+    #[arg(long, env = "CLONEPOOL_KUBE_POD_NAME")]
+    pub kube_pod_name: Option<String>,
+    /// Pod container resource requests as a percentage of the limits (kubernetes backend).
+    #[arg(long, env = "CLONEPOOL_KUBE_REQUESTS_PERCENT", default_value = "10")]
+    pub kube_requests_percent: String,
     /// CPU limit of each db container, in thousandths of a core.
     #[arg(long, env = "CLONEPOOL_DB_CPU_MILLIS", default_value = "1000")]
     pub db_cpu_millis: String,
@@ -186,6 +252,14 @@ pub struct AgentConfig {
     pub token_file: PathBuf,
     pub docker_socket: Option<String>,
     pub network: String,
+    pub backend: Backend,
+    pub kube_namespace: String,
+    pub exec_path: ExecPath,
+    pub kube_requests_percent: u32,
+    /// Namespace of the node Lease (kubernetes backend), when one is held.
+    pub kube_lease_namespace: Option<String>,
+    /// Holder identity for the node Lease.
+    pub kube_pod_name: String,
     pub db_limits: Limits,
     pub web_limits: Limits,
     pub reset_method: ResetMethod,
@@ -293,6 +367,51 @@ impl AgentConfig {
         if raw.network.trim().is_empty() {
             p.push("network must not be empty".into());
         }
+        let backend = match raw.backend.parse::<Backend>() {
+            Ok(b) => Some(b),
+            Err(e) => {
+                p.push(format!("backend: {e}"));
+                None
+            }
+        };
+        let exec_path = match raw.exec_path.parse::<ExecPath>() {
+            Ok(path) => Some(path),
+            Err(e) => {
+                p.push(format!("exec-path: {e}"));
+                None
+            }
+        };
+        if backend == Some(Backend::Docker) && exec_path == Some(ExecPath::ApiServer) {
+            p.push("exec-path apiserver needs --backend kubernetes".into());
+        }
+        if backend == Some(Backend::Kubernetes) && raw.kube_namespace.parse::<NodeName>().is_err() {
+            p.push(format!(
+                "kube-namespace must be a DNS label (got {:?})",
+                raw.kube_namespace
+            ));
+        }
+        let kube_lease_namespace = Some(raw.kube_lease_namespace.trim().to_string())
+            .filter(|ns| !ns.is_empty() && backend == Some(Backend::Kubernetes));
+        if let Some(ns) = &kube_lease_namespace {
+            if ns.parse::<NodeName>().is_err() {
+                p.push(format!(
+                    "kube-lease-namespace must be a DNS label (got {ns:?})"
+                ));
+            }
+        }
+        let kube_pod_name = raw
+            .kube_pod_name
+            .clone()
+            .filter(|n| !n.trim().is_empty())
+            .or_else(host_name)
+            .unwrap_or_else(|| "clonepool-agent".into());
+        let kube_requests_percent = number(
+            &mut p,
+            "kube-requests-percent",
+            &raw.kube_requests_percent,
+            1u32,
+            100,
+        );
         let db_cpu = number(&mut p, "db-cpu-millis", &raw.db_cpu_millis, 50u64, 64_000);
         let db_mem = number(&mut p, "db-memory-mb", &raw.db_memory_mb, 128u64, 1 << 20);
         let web_cpu = number(&mut p, "web-cpu-millis", &raw.web_cpu_millis, 50u64, 64_000);
@@ -401,6 +520,12 @@ impl AgentConfig {
             token_file,
             docker_socket: raw.docker_socket.filter(|s| !s.is_empty()),
             network: raw.network,
+            backend: backend.expect("validated"),
+            kube_namespace: raw.kube_namespace,
+            exec_path: exec_path.expect("validated"),
+            kube_requests_percent: kube_requests_percent.expect("validated"),
+            kube_lease_namespace,
+            kube_pod_name,
             db_limits: Limits {
                 cpu_millis: db_cpu.expect("validated"),
                 memory_mb: db_mem.expect("validated"),
@@ -427,6 +552,17 @@ impl AgentConfig {
         cfg.max_bytes = self.import_max_bytes;
         cfg.max_entries = self.import_max_entries;
         cfg
+    }
+
+    /// The Kubernetes backend's settings.
+    pub fn kube_settings(&self) -> crate::runtime::kube::KubeSettings {
+        crate::runtime::kube::KubeSettings {
+            namespace: self.kube_namespace.clone(),
+            node: self.node.clone(),
+            exec_path: self.exec_path,
+            requests_percent: self.kube_requests_percent,
+            docker_socket: self.docker_socket.clone(),
+        }
     }
 
     /// The SQLite state file.
@@ -577,6 +713,66 @@ mod tests {
         assert!(
             text.contains("import-max-mb") && text.contains("import-max-entries"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn the_backend_is_docker_by_default_and_kubernetes_takes_a_namespace_and_exec_path() {
+        let c = AgentConfig::from_raw(raw(&[])).unwrap();
+        assert_eq!(c.backend, Backend::Docker);
+        assert_eq!(c.exec_path, ExecPath::Runtime);
+        let c = AgentConfig::from_raw(raw(&[
+            "--backend",
+            "kubernetes",
+            "--kube-namespace",
+            "clones",
+            "--exec-path",
+            "apiserver",
+            "--kube-requests-percent",
+            "25",
+            "--kube-lease-namespace",
+            "clonepool",
+            "--kube-pod-name",
+            "agent-x1",
+        ]))
+        .unwrap();
+        assert_eq!(c.backend, Backend::Kubernetes);
+        assert_eq!(c.kube_lease_namespace.as_deref(), Some("clonepool"));
+        assert_eq!(c.kube_pod_name, "agent-x1");
+        // Docker mode holds no Lease, whatever is set.
+        let docker = AgentConfig::from_raw(raw(&["--kube-lease-namespace", "clonepool"])).unwrap();
+        assert_eq!(docker.kube_lease_namespace, None);
+        let kube = c.kube_settings();
+        assert_eq!(kube.namespace, "clones");
+        assert_eq!(kube.node.as_str(), "test-node");
+        assert_eq!(kube.exec_path, ExecPath::ApiServer);
+        assert_eq!(kube.requests_percent, 25);
+    }
+
+    #[test]
+    fn a_bad_backend_namespace_or_exec_path_is_refused_by_name() {
+        let err = AgentConfig::from_raw(raw(&["--backend", "podman"])).unwrap_err();
+        assert!(err.to_string().contains("backend"), "{err}");
+        let err = AgentConfig::from_raw(raw(&[
+            "--backend",
+            "kubernetes",
+            "--kube-namespace",
+            "Not_A_Label",
+            "--exec-path",
+            "ssh",
+            "--kube-requests-percent",
+            "0",
+        ]))
+        .unwrap_err();
+        let text = err.to_string();
+        for needle in ["kube-namespace", "exec-path", "kube-requests-percent"] {
+            assert!(text.contains(needle), "{needle} missing from: {text}");
+        }
+        // The API server's exec exists only in Kubernetes.
+        let err = AgentConfig::from_raw(raw(&["--exec-path", "apiserver"])).unwrap_err();
+        assert!(
+            err.to_string().contains("needs --backend kubernetes"),
+            "{err}"
         );
     }
 

@@ -1,11 +1,13 @@
 //! `ConnectingRuntime`: a [`ContainerRuntime`] that connects to its engine on first use and
 //! answers `Unreachable` until the engine answers, so the agent can start (admin port, API,
 //! debug socket) while the Docker Engine is still down. Connection attempts back off from 0.5 s
-//! to 5 s; once connected, every call goes straight to the connected runtime.
+//! to 5 s; once connected, every call goes straight to the connected runtime. The same for the
+//! Kubernetes backend, which needs both the API server and the node's Docker Engine.
 
+use crate::runtime::kube::KubeSettings;
 use crate::runtime::{
-    ArchiveStream, ContainerRuntime, DockerRuntime, ExecOutput, ExecRequest, PodInfo, PodSpec,
-    RuntimeError, RuntimeEvent,
+    ArchiveStream, ContainerRuntime, DockerRuntime, ExecCounter, ExecOutput, ExecRequest,
+    KubeRuntime, PodInfo, PodSpec, RuntimeError, RuntimeEvent,
 };
 use async_trait::async_trait;
 use clonepool_common::ids::{NodeName, PodId};
@@ -38,6 +40,8 @@ pub struct ConnectingRuntime {
     connector: Connector,
     connected: tokio::sync::OnceCell<Arc<dyn ContainerRuntime>>,
     attempts: tokio::sync::Mutex<Attempts>,
+    /// The exec counter the connected runtime counts into, registered before it connects.
+    execs: Option<ExecCounter>,
 }
 
 impl std::fmt::Debug for ConnectingRuntime {
@@ -60,19 +64,46 @@ impl ConnectingRuntime {
                 last_error: String::new(),
                 failures: 0,
             }),
+            execs: None,
         }
+    }
+
+    /// Registers `execs` as this runtime's metric (the connector must hand it to the runtime).
+    pub fn with_exec_counter(mut self, execs: ExecCounter) -> Self {
+        self.execs = Some(execs);
+        self
     }
 
     /// The Docker Engine at `socket` (see [`DockerRuntime::connect`]), connected when first
     /// needed (the API version is negotiated then).
     pub fn docker(socket: Option<String>) -> Self {
+        let execs = ExecCounter::default();
+        let counter = execs.clone();
         Self::new(Box::new(move || {
             let socket = socket.clone();
+            let execs = counter.clone();
             Box::pin(async move {
                 let runtime = DockerRuntime::connect(socket.as_deref()).await?;
-                Ok(Arc::new(runtime) as Arc<dyn ContainerRuntime>)
+                Ok(Arc::new(runtime.with_exec_counter(execs)) as Arc<dyn ContainerRuntime>)
             })
         }))
+        .with_exec_counter(execs)
+    }
+
+    /// The Kubernetes API server and the node's Docker Engine (see [`KubeRuntime::connect`]),
+    /// connected when first needed.
+    pub fn kube(settings: KubeSettings) -> Self {
+        let execs = ExecCounter::default();
+        let counter = execs.clone();
+        Self::new(Box::new(move || {
+            let settings = settings.clone();
+            let execs = counter.clone();
+            Box::pin(async move {
+                let runtime = KubeRuntime::connect(settings).await?;
+                Ok(Arc::new(runtime.with_exec_counter(execs)) as Arc<dyn ContainerRuntime>)
+            })
+        }))
+        .with_exec_counter(execs)
     }
 
     pub fn is_connected(&self) -> bool {
@@ -132,6 +163,12 @@ impl ConnectingRuntime {
 impl ContainerRuntime for ConnectingRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.get().await?.ping().await
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Some(execs) = &self.execs {
+            execs.register(registry);
+        }
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {

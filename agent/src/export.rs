@@ -235,7 +235,9 @@ async fn dump_database(
 DUMP="mariadb-dump --no-defaults --socket=/run/mysqld/mysqld.sock --user=root --single-transaction --skip-lock-tables --complete-insert --hex-blob --default-character-set=utf8mb4 --skip-triggers --no-create-db --skip-comments --skip-dump-date"
 TABLES=$({mariadb} -e "SELECT table_name FROM information_schema.tables WHERE table_schema = 'wordpress' AND table_type = 'BASE TABLE' AND LEFT(table_name, {len}) = '{prefix}' AND table_name <> '{options}' ORDER BY table_name")
 umask 077
-$DUMP wordpress $TABLES > {DUMP_PATH}
+: > {DUMP_PATH}
+# Without table names mariadb-dump would dump every table.
+if [ -n "$TABLES" ]; then $DUMP wordpress $TABLES >> {DUMP_PATH}; fi
 $DUMP --where="{clone_only}" wordpress {options} >> {DUMP_PATH}
 {mariadb} -e "SELECT COALESCE((SELECT option_value FROM wordpress.{options} WHERE option_name = '{ORIGINAL_BLOG_PUBLIC_OPTION}'), '1')"
 "#,

@@ -730,9 +730,17 @@ pub async fn apply(
 
     // WordPress's own files: the source's, when it runs another version and sent them all.
     let mut warnings = Vec::new();
-    let mut wordpress_version = pod_wordpress_version(runtime, pod).await?;
     let source_version = spooled.manifest.wordpress_version.clone();
-    if !source_version.is_empty() && source_version != wordpress_version {
+    let mut wordpress_version = String::new();
+    if !source_version.is_empty() {
+        match pod_wordpress_version(runtime, pod).await {
+            Ok(version) => wordpress_version = version,
+            Err(e) => warnings.push(format!(
+                "cannot read the clone's WordPress version ({e}); the source's core (WordPress {source_version}) was not installed"
+            )),
+        }
+    }
+    if !wordpress_version.is_empty() && source_version != wordpress_version {
         match &spooled.core_tar {
             Some(core) if spooled.manifest.contents.core_complete => {
                 // The marker first: if anything below fails, the reset still recreates the

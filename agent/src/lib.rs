@@ -15,6 +15,7 @@ pub mod export;
 pub mod fingerprint;
 pub mod import;
 pub mod metrics;
+pub mod node_lease;
 pub mod pod_commands;
 pub mod pool;
 pub mod provision;

@@ -22,7 +22,7 @@ pub enum AgentError {
     #[error("no warm pod is free on this agent")]
     NoWarmPod,
     /// Definite: the agent is at its pod limit and cannot create one (nothing was claimed).
-    #[error("the agent has no room for another pod")]
+    #[error("the agent has no room for another pod (pods being reset count against its limit until they are WARM again)")]
     NoCapacity,
     /// Definite: the agent is draining and takes no claims.
     #[error("the agent is draining")]
@@ -446,6 +446,8 @@ pub mod fake {
         pub imported: Vec<(String, usize)>,
         /// Export requests answered.
         pub exports: Vec<ExportRequest>,
+        /// What capacity reports as pods being reset.
+        pub resetting: u32,
     }
 
     pub struct FakeAgent {
@@ -594,6 +596,7 @@ pub mod fake {
                     assigned: Self::assigned(s),
                     max: s.max,
                     draining: s.draining,
+                    resetting: s.resetting,
                     runtime_reachable: !s.runtime_unreachable,
                     ..Capacity::default()
                 })

@@ -31,7 +31,6 @@ use clonepool_common::api::{
     IDEMPOTENCY_KEY_HEADER, MAX_IDEMPOTENCY_KEY_LEN, MAX_TTL_MINUTES, MIN_TTL_MINUTES,
 };
 use serde::de::DeserializeOwned;
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -218,6 +217,7 @@ pub fn canonical_json(value: &serde_json::Value) -> String {
 }
 
 fn idempotency_key(
+    store: &Store,
     headers: &HeaderMap,
     route: &'static str,
     canonical: &str,
@@ -238,7 +238,7 @@ fn idempotency_key(
                 "Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} visible ASCII characters"
             ))
         })?;
-    let request_hash = hex::encode(Sha256::digest(format!("{route}\n{canonical}").as_bytes()));
+    let request_hash = store.idempotency_hash(route, canonical);
     Ok(Some(IdempotencyKey {
         route,
         key: key.to_string(),
@@ -346,7 +346,7 @@ pub async fn post_clone(
         &valid.source_url,
     )
     .await?;
-    let idempotency = idempotency_key(&headers, "clone", &body.canonical)?;
+    let idempotency = idempotency_key(&state.store, &headers, "clone", &body.canonical)?;
     let generated = valid.clone_id.is_none();
     for _ in 0..3 {
         let clone_id = valid
@@ -538,7 +538,7 @@ pub async fn post_restore(
             }
         }
     }
-    let idempotency = idempotency_key(&headers, "restore", &body.canonical)?;
+    let idempotency = idempotency_key(&state.store, &headers, "restore", &body.canonical)?;
     let job = NewJob {
         job_id: new_job_id(),
         job_type: JobType::Restore,
@@ -588,7 +588,7 @@ pub async fn post_rollback(
         &body.value.target.url,
     )
     .await?;
-    let idempotency = idempotency_key(&headers, "rollback", &body.canonical)?;
+    let idempotency = idempotency_key(&state.store, &headers, "rollback", &body.canonical)?;
     let job = NewJob {
         job_id: new_job_id(),
         job_type: JobType::Rollback,
@@ -891,18 +891,37 @@ mod tests {
     }
 
     #[test]
-    fn idempotency_keys_must_be_visible_ascii() {
+    fn idempotency_keys_must_be_visible_ascii_and_hash_with_the_stored_key() {
+        let (_dir, store) = crate::store::tests::open_temp();
         let mut headers = HeaderMap::new();
-        assert!(idempotency_key(&headers, "clone", "{}").unwrap().is_none());
+        assert!(idempotency_key(&store, &headers, "clone", "{}")
+            .unwrap()
+            .is_none());
         headers.insert(IDEMPOTENCY_KEY_HEADER, HeaderValue::from_static("abc-123"));
-        let key = idempotency_key(&headers, "clone", "{}").unwrap().unwrap();
+        let body = r#"{"source_password":"hunter2"}"#;
+        let key = idempotency_key(&store, &headers, "clone", body)
+            .unwrap()
+            .unwrap();
         assert_eq!(key.key, "abc-123");
-        let other_route = idempotency_key(&headers, "restore", "{}").unwrap().unwrap();
+        let other_route = idempotency_key(&store, &headers, "restore", body)
+            .unwrap()
+            .unwrap();
         assert_ne!(key.request_hash, other_route.request_hash);
+        let plain = {
+            use sha2::{Digest, Sha256};
+            hex::encode(Sha256::digest(format!("clone\n{body}").as_bytes()))
+        };
+        assert_ne!(
+            key.request_hash, plain,
+            "a keyed hash: the stored value cannot be checked against password guesses"
+        );
+        // The same key after a restart (read back from the database).
+        let again = crate::store::Store::open(store.path()).unwrap();
+        assert_eq!(again.idempotency_hash("clone", body), key.request_hash);
         headers.insert(
             IDEMPOTENCY_KEY_HEADER,
             HeaderValue::from_static("has space"),
         );
-        assert!(idempotency_key(&headers, "clone", "{}").is_err());
+        assert!(idempotency_key(&store, &headers, "clone", "{}").is_err());
     }
 }

@@ -28,6 +28,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{watch, Notify, Semaphore};
 
+/// Longest a clone job waits inside one attempt for a pod that is being reset or started when
+/// every node is at its limit.
+pub const CAPACITY_WAIT: Duration = Duration::from_secs(60);
+
 /// Message of restore and rollback jobs when the coordinator talks to no sites.
 pub const SITES_DISABLED: &str =
     "restores and rollbacks need the coordinator to talk to WordPress sites, which this coordinator was started without (--source-import=false)";
@@ -313,15 +317,42 @@ impl JobEngine {
             job_id: &job.id,
             clone_row: clone.id,
         };
-        let claimed = self
-            .router
-            .claim(&clone_id, &clone.clone_host, resume, &mut observer)
-            .await
-            .map_err(|err| JobFailure {
-                transient: err.is_transient(),
-                code: err.code().into(),
-                message: err.to_string(),
-            })?;
+        // Pods being reset (or started) count against a node's limit but will serve soon: wait
+        // for one instead of spending the job's attempts on refusals.
+        let waiting_since = std::time::Instant::now();
+        let claimed = loop {
+            match self
+                .router
+                .claim(&clone_id, &clone.clone_host, resume, &mut observer)
+                .await
+            {
+                Ok(claimed) => break claimed,
+                Err(RouteError::NoCapacity(why))
+                    if waiting_since.elapsed() < CAPACITY_WAIT && self.pods_on_the_way() > 0 =>
+                {
+                    self.store
+                        .set_progress(
+                            &job.id,
+                            30,
+                            format!(
+                                "Every node is at its pod limit; waiting for one of {} pods being reset or started ({why})",
+                                self.pods_on_the_way()
+                            ),
+                            now_ms(),
+                        )
+                        .await?;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    self.router.registry().poll_all().await;
+                }
+                Err(err) => {
+                    return Err(JobFailure {
+                        transient: err.is_transient(),
+                        code: err.code().into(),
+                        message: err.to_string(),
+                    })
+                }
+            }
+        };
         let path = ClonePath::from(claimed.response.path);
         let node = claimed.response.node.to_string();
         let (username, password, magic_login_url) = match &self.sites {
@@ -495,6 +526,18 @@ impl JobEngine {
             )
             .await?;
         Ok(imported)
+    }
+
+    /// Pods the agents report as being reset or started (they will take claims soon).
+    fn pods_on_the_way(&self) -> u32 {
+        self.router
+            .registry()
+            .snapshot()
+            .iter()
+            .filter(|a| a.accepts_claims())
+            .filter_map(|a| a.capacity.as_ref())
+            .map(|c| c.resetting + c.starting)
+            .sum()
     }
 
     /// A progress callback for site operations: records `message` at `percent` (in the
@@ -1309,6 +1352,37 @@ mod tests {
             h.store.clone_by_name("x").await.unwrap().unwrap().status,
             CloneStatus::Released
         );
+    }
+
+    #[tokio::test]
+    async fn a_clone_waits_for_a_pod_being_reset_when_every_node_is_full() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 1);
+        let h = harness(std::slice::from_ref(&agent), 3).await;
+        h.store
+            .create_job(clone_job("job-1", "first", now_ms()))
+            .await
+            .unwrap();
+        run_until_idle(&h).await;
+        // The only pod is taken; the node reports it resetting soon after.
+        agent.with(|s| s.resetting = 1);
+        h.registry.poll_all().await;
+        h.store
+            .create_job(clone_job("job-2", "second", now_ms()))
+            .await
+            .unwrap();
+        let freer = agent.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+            freer.with(|s| {
+                s.claims.remove("first");
+                s.resetting = 0;
+                s.warm += 1;
+            });
+        });
+        run_until_idle(&h).await;
+        let job = h.store.job("job-2").await.unwrap().unwrap();
+        assert_eq!(job.state, JobState::Completed, "{:?}", job.error);
+        assert_eq!(job.attempts, 1, "the wait spent no attempt");
     }
 
     /// A ready clone "shop" made through `h`, then a restore or rollback job `job_id` with

@@ -249,7 +249,26 @@ impl Router {
             return Err(RouteError::TokenRefused);
         }
         if refusals.is_empty() {
-            return Err(RouteError::NoCapacity("every agent is draining".into()));
+            // No agent took claims at all: say why for each.
+            let why: Vec<String> = agents
+                .iter()
+                .map(|a| {
+                    let state = if !a.up {
+                        "does not answer"
+                    } else if a.draining() {
+                        "is draining"
+                    } else if a.capacity.as_ref().is_some_and(|c| !c.runtime_reachable) {
+                        "cannot reach its container runtime"
+                    } else {
+                        "takes no claims"
+                    };
+                    format!("{} {state}", a.node().unwrap_or(&a.url))
+                })
+                .collect();
+            return Err(RouteError::NoCapacity(format!(
+                "no agent takes claims now: {}",
+                why.join("; ")
+            )));
         }
         Err(RouteError::NoCapacity(refusals.join("; ")))
     }

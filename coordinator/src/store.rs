@@ -87,6 +87,12 @@ CREATE TABLE IF NOT EXISTS sites (
     PRIMARY KEY (url, username)
 );
 
+-- Coordinator-wide secrets that must survive restarts (e.g. the idempotency HMAC key).
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value BLOB NOT NULL
+);
+
 CREATE TABLE IF NOT EXISTS idempotency_keys (
     route        TEXT NOT NULL,
     key          TEXT NOT NULL,
@@ -330,6 +336,9 @@ struct Inner {
     path: PathBuf,
     /// Length of a TTL minute in milliseconds (60 000; tests compress time).
     minute_ms: i64,
+    /// Key of the idempotency request hashes (an HMAC: a stored hash must not let anyone test
+    /// guesses of the passwords in the request).
+    idempotency_secret: Vec<u8>,
 }
 
 impl std::fmt::Debug for Store {
@@ -383,6 +392,25 @@ impl Store {
                 path: path.to_path_buf(),
                 source,
             })?;
+        let idempotency_secret = {
+            let fresh: [u8; 32] = rand::random();
+            writer
+                .execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('idempotency_secret', ?1)",
+                    params![fresh.to_vec()],
+                )
+                .and_then(|_| {
+                    writer.query_row(
+                        "SELECT value FROM meta WHERE key = 'idempotency_secret'",
+                        [],
+                        |row| row.get::<_, Vec<u8>>(0),
+                    )
+                })
+                .map_err(|source| StoreError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })?
+        };
         let readers = (0..READERS)
             .map(|_| open_connection(path).map(Mutex::new))
             .collect::<Result<Vec<_>, _>>()?;
@@ -398,6 +426,7 @@ impl Store {
                 readers,
                 next_reader: AtomicUsize::new(0),
                 path: path.to_path_buf(),
+                idempotency_secret,
                 minute_ms: 60_000,
             }),
         })
@@ -414,6 +443,18 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// The request hash an `Idempotency-Key` is stored with: HMAC-SHA256 of the route and the
+    /// canonical body under this coordinator's stored key.
+    pub fn idempotency_hash(&self, route: &str, canonical: &str) -> String {
+        use hmac::{Hmac, Mac};
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(&self.inner.idempotency_secret)
+            .expect("HMAC takes keys of any length");
+        mac.update(route.as_bytes());
+        mac.update(b"\n");
+        mac.update(canonical.as_bytes());
+        hex::encode(mac.finalize().into_bytes())
     }
 
     /// Runs `f` on the writer thread as part of the next group commit. `f` must make its

@@ -14,42 +14,37 @@
 //! Containers get no restart policy (the agent decides what a dead container means) and no
 //! named volumes; removal is forced and takes anonymous volumes along.
 //!
-//! Exec timeouts: the engine cannot kill an exec, so every command runs wrapped as
-//! `timeout -s KILL <secs> <cmd…>` inside the container (GNU `timeout` kills the whole process
-//! group it started), and the client additionally stops waiting shortly after the timeout. A
-//! command cut off either way ends in `RuntimeError::ExecTimeout`, and nothing it started in its
-//! process group outlives it. (So the image must have coreutils' `timeout`, as Debian's do.)
+//! Exec and archive calls are the shared ones of [`super::docker_calls`] (also used by the
+//! Kubernetes backend, whose Pods' containers are Docker containers too); see there for how exec
+//! timeouts kill the command.
 //!
 //! Recreating the db container recreates the web container too (see `recreate_container`).
 //! The event stream ends or fails when the engine restarts; subscribe again.
 
+use super::docker_calls::{self, engine_error, is_no_such_container, CallError};
 use super::{
-    ArchiveStream, ContainerInfo, ContainerLimits, ContainerRuntime, ExecOutput, ExecRequest,
-    PodInfo, PodSpec, RuntimeError, RuntimeEvent, RuntimeEventKind, LABEL_NODE, LABEL_POD,
-    LABEL_ROLE,
+    ArchiveStream, ContainerInfo, ContainerLimits, ContainerRuntime, ExecCounter, ExecOutput,
+    ExecPath, ExecRequest, PodInfo, PodSpec, RuntimeError, RuntimeEvent, RuntimeEventKind,
+    LABEL_NODE, LABEL_POD, LABEL_ROLE,
 };
 use async_trait::async_trait;
-use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
-use bollard::exec::{CreateExecOptions, StartExecOptions, StartExecResults};
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, ContainerStateStatusEnum, ContainerSummary,
     ContainerSummaryStateEnum, EventMessage, EventMessageTypeEnum, HostConfig,
     NetworkCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, DownloadFromContainerOptions, EventsOptions, ListContainersOptions,
-    ListNetworksOptions, RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, EventsOptions, ListContainersOptions, ListNetworksOptions,
+    RemoveContainerOptions, StopContainerOptions,
 };
 use bollard::{Docker, API_DEFAULT_VERSION};
 use clonepool_common::ids::{NodeName, PodId};
 use clonepool_common::pod::ContainerRole;
-use futures_util::stream::{self, BoxStream, StreamExt};
+use futures_util::stream::{BoxStream, StreamExt};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
-use tokio::io::AsyncWriteExt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Label on the shared pod network, marking it as created by clonepool.
 pub const LABEL_MANAGED: &str = "clonepool.managed";
@@ -61,17 +56,6 @@ const PREDEFINED_NETWORKS: [&str; 4] = ["bridge", "host", "none", "default"];
 
 /// Seconds the engine gets to answer a request (stops get their grace period on top).
 const REQUEST_TIMEOUT_SECS: u64 = 120;
-
-/// How long an archive upload may take, unpacking included.
-const UPLOAD_TIMEOUT: Duration = Duration::from_secs(30 * 60);
-
-/// How long the client keeps waiting for an exec after its in-container timeout fired.
-const EXEC_CLIENT_GRACE: Duration = Duration::from_secs(2);
-
-/// Exit status of `timeout -s KILL` when it had to kill the command (128 + SIGKILL).
-const KILLED_BY_TIMEOUT: i64 = 137;
-/// Exit status of `timeout` when the command timed out and died of the signal it was sent.
-const TIMED_OUT: i64 = 124;
 
 /// The container name of one role of a pod: `clonepool-<pod>-<role>`.
 pub fn container_name(pod: &PodId, role: ContainerRole) -> String {
@@ -85,6 +69,8 @@ pub struct DockerRuntime {
     /// Serializes the check-then-create of the shared pod network (Docker API 1.41 happily
     /// creates two networks with the same name).
     network_lock: tokio::sync::Mutex<()>,
+    /// Counts execs (`path="runtime"`: they all go straight to the engine).
+    execs: ExecCounter,
 }
 
 impl DockerRuntime {
@@ -106,7 +92,14 @@ impl DockerRuntime {
         Ok(Self {
             docker,
             network_lock: tokio::sync::Mutex::new(()),
+            execs: ExecCounter::default(),
         })
+    }
+
+    /// Counts execs into `execs` (registered by whoever owns the metrics registry).
+    pub fn with_exec_counter(mut self, execs: ExecCounter) -> Self {
+        self.execs = execs;
+        self
     }
 
     /// The underlying bollard client (its API version already negotiated).
@@ -336,88 +329,28 @@ impl DockerRuntime {
         }
     }
 
-    /// Runs an exec to its end and collects what it wrote.
-    async fn run_exec(
+    /// Maps a failed container call on `role` of `pod` to the runtime's typed errors.
+    async fn call_error(
         &self,
-        exec_id: &str,
-        stdin: Option<bytes::Bytes>,
-    ) -> Result<ExecOutput, BollardError> {
-        let started = self
-            .docker
-            .start_exec(
-                exec_id,
-                Some(StartExecOptions {
-                    detach: false,
-                    tty: false,
-                    output_capacity: None,
-                }),
-            )
-            .await?;
-        let StartExecResults::Attached {
-            mut output,
-            mut input,
-        } = started
-        else {
-            return Err(BollardError::DockerStreamError {
-                error: "exec started detached".to_string(),
-            });
-        };
-        let feed = async move {
-            if let Some(bytes) = stdin {
-                // The command may exit without reading all of it; that is its business.
-                let _ = input.write_all(&bytes).await;
-                let _ = input.shutdown().await;
+        err: CallError,
+        pod: &PodId,
+        role: ContainerRole,
+        path: Option<&str>,
+        timeout: Duration,
+    ) -> RuntimeError {
+        match err {
+            CallError::Create(err) | CallError::Engine(err) => {
+                self.container_error(err, pod, role, path).await
             }
-        };
-        let collect = async move {
-            let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-            while let Some(chunk) = output.next().await {
-                match chunk? {
-                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                        stdout.extend_from_slice(&message)
-                    }
-                    LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
-                    LogOutput::StdIn { .. } => {}
-                }
-            }
-            Ok::<_, BollardError>((stdout, stderr))
-        };
-        let ((), collected) = tokio::join!(feed, collect);
-        let (stdout, stderr) = collected?;
-        // The stream ends when the process does; the engine may take a moment to record it.
-        let mut exit_code = None;
-        for _ in 0..100 {
-            let inspect = self.docker.inspect_exec(exec_id).await?;
-            if inspect.running != Some(true) {
-                if let Some(code) = inspect.exit_code {
-                    exit_code = Some(code);
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        let exit_code = exit_code.ok_or_else(|| BollardError::DockerStreamError {
-            error: "the exec's output ended but it reported no exit code".to_string(),
-        })?;
-        Ok(ExecOutput {
-            exit_code,
-            stdout,
-            stderr,
-        })
-    }
-
-    /// Waits (briefly) until an exec no longer runs, after its client-side timeout.
-    async fn await_exec_end(&self, exec_id: &str) {
-        let deadline = Instant::now() + EXEC_CLIENT_GRACE;
-        while Instant::now() < deadline {
-            match self.docker.inspect_exec(exec_id).await {
-                Ok(inspect) if inspect.running == Some(true) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await
-                }
-                _ => return,
+            CallError::TimedOut => RuntimeError::ExecTimeout {
+                pod: pod.clone(),
+                role,
+                timeout,
+            },
+            CallError::Source(message) | CallError::Invalid(message) => {
+                RuntimeError::Engine(message)
             }
         }
-        tracing::warn!(exec_id, "an exec outlived its timeout");
     }
 }
 
@@ -425,6 +358,10 @@ impl DockerRuntime {
 impl ContainerRuntime for DockerRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
         self.docker.ping().await.map(|_| ()).map_err(engine_error)
+    }
+
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.execs.register(registry);
     }
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
@@ -573,63 +510,10 @@ impl ContainerRuntime for DockerRuntime {
         role: ContainerRole,
         request: ExecRequest,
     ) -> Result<ExecOutput, RuntimeError> {
-        if request.cmd.is_empty() {
-            return Err(RuntimeError::Engine("exec needs a command".to_string()));
-        }
-        let timed_out = || RuntimeError::ExecTimeout {
-            pod: pod.clone(),
-            role,
-            timeout: request.timeout,
-        };
-        // GNU timeout treats 0 as "no timeout": never ask for less than a millisecond.
-        let secs = request.timeout.as_secs_f64().max(0.001);
-        let mut cmd = vec![
-            "timeout".to_string(),
-            "-s".to_string(),
-            "KILL".to_string(),
-            format!("{secs:.3}"),
-        ];
-        cmd.extend(request.cmd.iter().cloned());
-        let options = CreateExecOptions {
-            attach_stdin: Some(request.stdin.is_some()),
-            attach_stdout: Some(true),
-            attach_stderr: Some(true),
-            tty: Some(false),
-            cmd: Some(cmd),
-            env: (!request.env.is_empty()).then(|| request.env.clone()),
-            user: request.user.clone(),
-            working_dir: request.workdir.clone(),
-            ..Default::default()
-        };
-        let exec_id = match self
-            .docker
-            .create_exec(&container_name(pod, role), options)
-            .await
-        {
-            Ok(created) => created.id,
-            Err(err) => return Err(self.container_error(err, pod, role, None).await),
-        };
-        let started = Instant::now();
-        match tokio::time::timeout(
-            request.timeout.saturating_add(EXEC_CLIENT_GRACE),
-            self.run_exec(&exec_id, request.stdin.clone()),
-        )
-        .await
-        {
-            Ok(Ok(output)) => {
-                let cut_off = matches!(output.exit_code, KILLED_BY_TIMEOUT | TIMED_OUT)
-                    && started.elapsed() >= request.timeout;
-                if cut_off {
-                    Err(timed_out())
-                } else {
-                    Ok(output)
-                }
-            }
-            Ok(Err(err)) => Err(self.container_error(err, pod, role, None).await),
-            Err(_elapsed) => {
-                self.await_exec_end(&exec_id).await;
-                Err(timed_out())
-            }
+        self.execs.count(ExecPath::Runtime);
+        match docker_calls::exec(&self.docker, &container_name(pod, role), &request).await {
+            Ok(output) => Ok(output),
+            Err(err) => Err(self.call_error(err, pod, role, None, request.timeout).await),
         }
     }
 
@@ -640,41 +524,11 @@ impl ContainerRuntime for DockerRuntime {
         dest: &str,
         tar: ArchiveStream,
     ) -> Result<(), RuntimeError> {
-        let options = UploadToContainerOptions {
-            path: dest.to_string(),
-            ..Default::default()
-        };
-        // A failing source must not read as a failing engine: remember what the stream said.
-        let source_error: Arc<Mutex<Option<String>>> = Arc::default();
-        let seen = source_error.clone();
-        let tar = tar.inspect(move |item| {
-            if let Err(err) = item {
-                if let Ok(mut seen) = seen.lock() {
-                    seen.get_or_insert_with(|| err.to_string());
-                }
-            }
-        });
-        // The engine answers once it unpacked everything: a big archive needs more than the
-        // usual request timeout.
-        let docker = self.docker.clone().with_timeout(UPLOAD_TIMEOUT);
-        let result = docker
-            .upload_to_container(
-                &container_name(pod, role),
-                Some(options),
-                bollard::body_try_stream(tar),
-            )
-            .await;
-        match result {
+        match docker_calls::put_archive(&self.docker, &container_name(pod, role), dest, tar).await {
             Ok(()) => Ok(()),
-            Err(err) => {
-                let source = source_error.lock().ok().and_then(|mut s| s.take());
-                match source {
-                    Some(message) => Err(RuntimeError::Engine(format!(
-                        "reading the archive to put into {dest}: {message}"
-                    ))),
-                    None => Err(self.container_error(err, pod, role, Some(dest)).await),
-                }
-            }
+            Err(err) => Err(self
+                .call_error(err, pod, role, Some(dest), Duration::ZERO)
+                .await),
         }
     }
 
@@ -684,22 +538,12 @@ impl ContainerRuntime for DockerRuntime {
         role: ContainerRole,
         path: &str,
     ) -> Result<ArchiveStream, RuntimeError> {
-        let options = DownloadFromContainerOptions {
-            path: path.to_string(),
-        };
-        let mut body = Box::pin(
-            self.docker
-                .download_from_container(&container_name(pod, role), Some(options)),
-        );
-        // The engine's verdict (no such container or path) comes with the first item: take it
-        // here so callers get a typed error instead of a failing stream.
-        let first = match body.next().await {
-            None => return Ok(Box::pin(stream::empty())),
-            Some(Ok(bytes)) => bytes,
-            Some(Err(err)) => return Err(self.container_error(err, pod, role, Some(path)).await),
-        };
-        let rest = body.map(|item| item.map_err(std::io::Error::other));
-        Ok(Box::pin(stream::once(async move { Ok(first) }).chain(rest)))
+        match docker_calls::get_archive(&self.docker, &container_name(pod, role), path).await {
+            Ok(stream) => Ok(stream),
+            Err(err) => Err(self
+                .call_error(err, pod, role, Some(path), Duration::ZERO)
+                .await),
+        }
     }
 
     async fn inspect_pod(&self, pod: &PodId) -> Result<PodInfo, RuntimeError> {
@@ -889,33 +733,6 @@ fn other_role(role: ContainerRole) -> ContainerRole {
     match role {
         ContainerRole::Db => ContainerRole::Web,
         ContainerRole::Web => ContainerRole::Db,
-    }
-}
-
-fn is_no_such_container(err: &BollardError) -> bool {
-    matches!(err, BollardError::DockerResponseServerError { status_code: 404, message }
-        if message.to_ascii_lowercase().contains("no such container"))
-}
-
-/// Maps an engine error with no better context: connection trouble is `Unreachable`.
-fn engine_error(err: BollardError) -> RuntimeError {
-    match err {
-        BollardError::DockerResponseServerError {
-            status_code,
-            message,
-        } => RuntimeError::Engine(format!("{message} (HTTP {status_code})")),
-        BollardError::RequestTimeoutError => {
-            RuntimeError::Unreachable("the engine did not answer in time".to_string())
-        }
-        err @ (BollardError::SocketNotFoundError(_)
-        | BollardError::IOError { .. }
-        | BollardError::HyperResponseError { .. }
-        | BollardError::HyperLegacyError { .. }
-        | BollardError::HttpClientError { .. }
-        | BollardError::UnsupportedURISchemeError { .. }) => {
-            RuntimeError::Unreachable(err.to_string())
-        }
-        err => RuntimeError::Engine(err.to_string()),
     }
 }
 

@@ -1,28 +1,120 @@
 //! The container runtime seam: what the agent needs from a runtime to run *pods* (a db and a web
 //! container sharing one network namespace), independent of the engine behind it.
 //!
-//! `DockerRuntime` talks to a Docker Engine through bollard; `FakeRuntime` records calls for
-//! unit tests of the layers above.
+//! `DockerRuntime` talks to a Docker Engine through bollard; `KubeRuntime` creates Pods through
+//! a Kubernetes API server and reaches their containers through the node's Docker Engine (both
+//! share `docker_calls`); `FakeRuntime` records calls for unit tests of the layers above.
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use clonepool_common::ids::{NodeName, PodId};
 use clonepool_common::pod::ContainerRole;
 use futures_util::stream::BoxStream;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
+use std::fmt;
 use std::net::IpAddr;
+use std::str::FromStr;
 use std::time::Duration;
 
 pub mod docker;
+pub mod docker_calls;
 pub mod fake;
+pub mod kube;
 
 pub use docker::DockerRuntime;
 pub use fake::FakeRuntime;
+pub use kube::KubeRuntime;
 
 /// Label keys every pod container carries, so the agent can find its pods again after a restart.
 pub const LABEL_POD: &str = "clonepool.pod";
 pub const LABEL_NODE: &str = "clonepool.node";
 pub const LABEL_ROLE: &str = "clonepool.role";
+
+/// The way a command reaches a pod's container.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ExecPath {
+    /// Straight to the node's container runtime (the Docker Engine API): the fast path, and the
+    /// only one in Docker mode.
+    Runtime,
+    /// Through the Kubernetes API server's `pods/exec` (API server → kubelet → runtime), kept to
+    /// measure what the direct path saves.
+    ApiServer,
+}
+
+impl ExecPath {
+    pub const ALL: [ExecPath; 2] = [ExecPath::Runtime, ExecPath::ApiServer];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExecPath::Runtime => "runtime",
+            ExecPath::ApiServer => "apiserver",
+        }
+    }
+}
+
+impl fmt::Display for ExecPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExecPath {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        ExecPath::ALL
+            .into_iter()
+            .find(|p| p.as_str() == s)
+            .ok_or_else(|| format!("unknown exec path {s:?} (one of: runtime, apiserver)"))
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExecPathLabels {
+    path: &'static str,
+}
+
+/// `clonepool_agent_execs_total{path="runtime"|"apiserver"}`: every command run in a pod
+/// container (provisioning, claims, resets and their verification), by the way it went. Cheap
+/// to clone; clones count into the same series.
+#[derive(Clone, Debug, Default)]
+pub struct ExecCounter {
+    family: Family<ExecPathLabels, Counter>,
+}
+
+impl ExecCounter {
+    pub fn count(&self, path: ExecPath) {
+        self.family
+            .get_or_create(&ExecPathLabels {
+                path: path.as_str(),
+            })
+            .inc();
+    }
+
+    /// Commands counted so far on `path`.
+    pub fn get(&self, path: ExecPath) -> u64 {
+        self.family
+            .get_or_create(&ExecPathLabels {
+                path: path.as_str(),
+            })
+            .get()
+    }
+
+    /// Registers the counter (as `clonepool_agent_execs_total`), both paths shown from zero.
+    pub fn register(&self, registry: &mut Registry) {
+        for path in ExecPath::ALL {
+            let _ = self.get(path);
+        }
+        registry.sub_registry_with_prefix("clonepool_agent").register(
+            "execs",
+            "Commands run in pod containers, by path: runtime (the node's container runtime, directly) or apiserver (the API server's pods/exec)",
+            self.family.clone(),
+        );
+    }
+}
 
 /// A stream of tar bytes, as taken and given by the archive calls.
 pub type ArchiveStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
@@ -208,6 +300,9 @@ pub struct RuntimeEvent {
 pub trait ContainerRuntime: Send + Sync + 'static {
     /// Answers when the runtime is reachable.
     async fn ping(&self) -> Result<(), RuntimeError>;
+
+    /// Registers the runtime's own metrics into the agent's registry (default: none).
+    fn register_metrics(&self, _registry: &mut Registry) {}
 
     /// Whether the image exists in the runtime.
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError>;

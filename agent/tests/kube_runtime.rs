@@ -1,0 +1,709 @@
+//! `KubeRuntime` against the real single-node cluster of `scripts/kube-up` (admin kubeconfig at
+//! /var/lib/clonepool-kube/admin.kubeconfig, or `CLONEPOOL_KUBECONFIG`) and the real workload
+//! image (env `CLONEPOOL_IMAGE`, loaded into the node's Docker Engine). Each test works in its own
+//! namespace, deleted at the end also when it fails. Without a cluster the tests say so and pass,
+//! unless `CLONEPOOL_KUBE_REQUIRED` is set.
+
+use bollard::query_parameters::{KillContainerOptions, ListContainersOptions};
+use bollard::Docker;
+use clonepool_agent::runtime::kube::{KubeRuntime, KubeSettings, ANNOTATION_CONTAINER};
+use clonepool_agent::runtime::{
+    archive_from_bytes, collect_archive, ContainerLimits, ContainerRuntime, ExecCounter,
+    ExecOutput, ExecPath, ExecRequest, PodInfo, PodSpec, RuntimeError, RuntimeEventKind,
+};
+use clonepool_common::ids::{NodeName, PodId};
+use clonepool_common::pod::ContainerRole;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, PostParams};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+const DEFAULT_KUBECONFIG: &str = "/var/lib/clonepool-kube/admin.kubeconfig";
+
+fn image() -> String {
+    std::env::var("CLONEPOOL_IMAGE").unwrap_or_else(|_| {
+        panic!(
+            "CLONEPOOL_IMAGE is not set: build the workload image with images/wordpress/build \
+             and export its reference (scripts/test does both)"
+        )
+    })
+}
+
+fn kubeconfig() -> PathBuf {
+    std::env::var_os("CLONEPOOL_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBECONFIG))
+}
+
+fn random_hex(len: usize) -> String {
+    (0..len)
+        .map(|_| char::from_digit(rand::random_range(0..16), 16).unwrap())
+        .collect()
+}
+
+fn new_pod_id() -> PodId {
+    format!("cp-{}", random_hex(12)).parse().unwrap()
+}
+
+async fn client_from(path: &std::path::Path) -> Result<kube::Client, String> {
+    let config = kube::config::Kubeconfig::read_from(path).map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// The cluster under test: a client and its (single) node; `None` (the test passes, saying
+/// why) when no cluster answers and none is required.
+async fn cluster() -> Option<(kube::Client, NodeName)> {
+    let path = kubeconfig();
+    let found = async {
+        let client = client_from(&path).await?;
+        let nodes = Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let node = nodes
+            .items
+            .first()
+            .and_then(|n| n.metadata.name.clone())
+            .ok_or("the cluster has no node")?;
+        Ok::<_, String>((client, node.parse().map_err(|e| format!("{e}"))?))
+    };
+    match tokio::time::timeout(Duration::from_secs(10), found).await {
+        Ok(Ok(found)) => Some(found),
+        Ok(Err(why)) => skip(&path, &why),
+        Err(_) => skip(&path, "the API server did not answer within 10 s"),
+    }
+}
+
+fn skip<T>(path: &std::path::Path, why: &str) -> Option<T> {
+    if std::env::var_os("CLONEPOOL_KUBE_REQUIRED").is_some() {
+        panic!(
+            "no Kubernetes cluster at {} ({why}) but CLONEPOOL_KUBE_REQUIRED is set: run scripts/kube-up",
+            path.display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: no Kubernetes cluster at {} ({why}); scripts/kube-up brings one up",
+        path.display()
+    );
+    None
+}
+
+/// A namespace of its own, deleted (with its Pods) when dropped.
+struct TestNamespace {
+    name: String,
+}
+
+impl TestNamespace {
+    async fn create(client: &kube::Client) -> Self {
+        let name = format!("clonepool-test-{}", random_hex(8));
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(
+                    "clonepool.test".to_string(),
+                    "true".to_string(),
+                )])),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("create the test namespace");
+        // The namespace's default service account appears shortly after; Pods need it.
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), &name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while accounts.get_opt("default").await.unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "no default service account in {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Self { name }
+    }
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let name = self.name.clone();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let Ok(client) = client_from(&kubeconfig()).await else {
+                    return;
+                };
+                let params = DeleteParams {
+                    grace_period_seconds: Some(0),
+                    ..Default::default()
+                };
+                if let Err(err) = Api::<Namespace>::all(client).delete(&name, &params).await {
+                    eprintln!("cleanup of namespace {name} failed: {err}");
+                }
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+struct Setup {
+    client: kube::Client,
+    node: NodeName,
+    ns: TestNamespace,
+    docker: Docker,
+}
+
+impl Setup {
+    async fn new() -> Option<Self> {
+        let (client, node) = cluster().await?;
+        let ns = TestNamespace::create(&client).await;
+        let docker = Docker::connect_with_defaults()
+            .unwrap()
+            .negotiate_version()
+            .await
+            .expect("the node's Docker Engine answers");
+        Some(Self {
+            client,
+            node,
+            ns,
+            docker,
+        })
+    }
+
+    fn runtime(&self, exec_path: ExecPath) -> KubeRuntime {
+        KubeRuntime::new(
+            self.client.clone(),
+            self.docker.clone(),
+            KubeSettings {
+                namespace: self.ns.name.clone(),
+                node: self.node.clone(),
+                exec_path,
+                requests_percent: 10,
+                docker_socket: None,
+            },
+        )
+    }
+
+    fn spec(&self, pod: &PodId) -> PodSpec {
+        let limits = ContainerLimits {
+            cpu_millis: 1000,
+            memory_bytes: 512 << 20,
+        };
+        PodSpec {
+            pod_id: pod.clone(),
+            node: self.node.clone(),
+            image: image(),
+            network: "unused".to_string(),
+            db_limits: limits.clone(),
+            web_limits: limits,
+            labels: BTreeMap::from([("clonepool.test".to_string(), "true".to_string())]),
+        }
+    }
+
+    async fn running_pod(&self, rt: &KubeRuntime) -> PodInfo {
+        let pod = new_pod_id();
+        rt.create_pod(&self.spec(&pod)).await.expect("create pod");
+        rt.start_pod(&pod).await.expect("start pod")
+    }
+
+    fn pods(&self) -> Api<Pod> {
+        Api::namespaced(self.client.clone(), &self.ns.name)
+    }
+
+    /// Docker ids of the pod's containers (any state), by container name.
+    async fn docker_ids(&self, pod: &PodId) -> Vec<(String, String, bool)> {
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![
+                    format!("io.kubernetes.pod.namespace={}", self.ns.name),
+                    format!("io.kubernetes.pod.name={pod}"),
+                ],
+            )])),
+            ..Default::default()
+        };
+        self.docker
+            .list_containers(Some(options))
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(|c| {
+                let labels = c.labels.unwrap_or_default();
+                let name = labels.get("io.kubernetes.container.name")?.clone();
+                let running = c.state == Some(bollard::models::ContainerSummaryStateEnum::RUNNING);
+                Some((name, c.id?, running))
+            })
+            .filter(|(name, _, _)| name != "POD")
+            .collect()
+    }
+}
+
+fn assert_ok(what: &str, output: &ExecOutput) {
+    assert!(
+        output.success(),
+        "{what} exited {}: stdout {:?} stderr {:?}",
+        output.exit_code,
+        output.stdout_str(),
+        output.stderr_str()
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn a_pod_comes_up_through_the_api_server_on_the_node_and_wordpress_answers_at_its_pod_ip() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let rt = setup.runtime(ExecPath::Runtime);
+    let info = setup.running_pod(&rt).await;
+    let pod = &info.pod_id;
+    assert!(info.is_running(), "{info:?}");
+    assert_eq!(info.node, setup.node);
+
+    // A real Pod, pinned to the node, no owner, expected containers recorded.
+    let object = setup.pods().get(pod.as_str()).await.unwrap();
+    let spec = object.spec.as_ref().unwrap();
+    assert_eq!(spec.node_name.as_deref(), Some(setup.node.as_str()));
+    assert!(object.metadata.owner_references.is_none());
+    let annotations = object.metadata.annotations.clone().unwrap_or_default();
+    for role in ["db", "web"] {
+        let expected = &annotations[&format!("{ANNOTATION_CONTAINER}{role}")];
+        let in_docker = setup.docker_ids(pod).await;
+        assert!(
+            in_docker
+                .iter()
+                .any(|(name, id, running)| name == role && id == expected && *running),
+            "{role}: expected {expected} among {in_docker:?}"
+        );
+    }
+    let ip = info.ip.expect("a running pod has an address");
+    let pod_ip = object.status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert_eq!(ip.to_string(), pod_ip);
+
+    let site_url = format!("http://{ip}");
+    let db_password = format!("Pw-{}", random_hex(20));
+    let title = format!("Clonepool kube test {}", random_hex(6));
+    let setup_db = rt
+        .exec(
+            pod,
+            ContainerRole::Db,
+            ExecRequest::new(["clonepool-db-setup"])
+                .stdin(format!("{db_password}\n"))
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_ok("clonepool-db-setup", &setup_db);
+    let config = rt
+        .exec(
+            pod,
+            ContainerRole::Web,
+            ExecRequest::new(["clonepool-wp-config"])
+                .stdin(format!("db_password={db_password}\nsite_url={site_url}\n")),
+        )
+        .await
+        .unwrap();
+    assert_ok("clonepool-wp-config", &config);
+    let install = rt
+        .exec(
+            pod,
+            ContainerRole::Web,
+            ExecRequest::new(["clonepool-wp-install"])
+                .stdin(format!(
+                    "site_url={site_url}\ntitle={title}\nadmin_user=admin\n\
+                     admin_password=Pw-{}\nadmin_email=admin@example.invalid\n",
+                    random_hex(20)
+                ))
+                .timeout(Duration::from_secs(60)),
+        )
+        .await
+        .unwrap();
+    assert_ok("clonepool-wp-install", &install);
+
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let answer = match http.get(format!("{site_url}/")).send().await {
+            Ok(r) => Some((r.status().as_u16(), r.text().await.unwrap_or_default())),
+            Err(e) => Some((0, e.to_string())),
+        };
+        if let Some((200, body)) = &answer {
+            if body.contains(&title) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "GET {site_url}/ never answered 200 with the title: {answer:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn exec_through_the_runtime_and_through_the_api_server_gives_the_same_answers() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let counter = ExecCounter::default();
+    let direct = setup
+        .runtime(ExecPath::Runtime)
+        .with_exec_counter(counter.clone());
+    let via_api = setup
+        .runtime(ExecPath::ApiServer)
+        .with_exec_counter(counter.clone());
+    let info = setup.running_pod(&direct).await;
+    let pod = &info.pod_id;
+
+    let script = ExecRequest::new([
+        "sh",
+        "-c",
+        "read line; echo \"out:$line\"; echo err >&2; exit 3",
+    ])
+    .stdin("hello\n");
+    let mut timings = Vec::new();
+    for (name, rt) in [("runtime", &direct), ("apiserver", &via_api)] {
+        let output = rt
+            .exec(pod, ContainerRole::Web, script.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(output.exit_code, 3, "{name}");
+        assert_eq!(output.stdout_str(), "out:hello\n", "{name}");
+        assert_eq!(output.stderr_str(), "err\n", "{name}");
+
+        // Bigger than the streams' buffers, both ways.
+        let big = "x".repeat(300_000);
+        let echoed = rt
+            .exec(
+                pod,
+                ContainerRole::Db,
+                ExecRequest::new(["cat"]).stdin(big.clone()),
+            )
+            .await
+            .unwrap();
+        assert_ok(name, &echoed);
+        assert_eq!(echoed.stdout.len(), big.len(), "{name}");
+
+        let started = Instant::now();
+        let err = rt
+            .exec(
+                pod,
+                ContainerRole::Web,
+                ExecRequest::new(["sleep", "30"]).timeout(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::ExecTimeout { .. }),
+            "{name}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{name}");
+
+        let mut samples = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            assert_ok(
+                name,
+                &rt.exec(pod, ContainerRole::Db, ExecRequest::new(["true"]))
+                    .await
+                    .unwrap(),
+            );
+            samples.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        timings.push(format!("{name}: exec `true` median {:.1} ms", samples[5]));
+    }
+    eprintln!("{}", timings.join("; "));
+    assert_eq!(counter.get(ExecPath::Runtime), 13);
+    assert_eq!(counter.get(ExecPath::ApiServer), 13);
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn an_archive_round_trips_through_the_nodes_runtime() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let rt = setup.runtime(ExecPath::Runtime);
+    let info = setup.running_pod(&rt).await;
+    let pod = &info.pod_id;
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(content.len() as u64);
+    header.set_mode(0o644);
+    header.set_cksum();
+    builder
+        .append_data(&mut header, "upload/blob.bin", content.as_slice())
+        .unwrap();
+    let tar_bytes = builder.into_inner().unwrap();
+    rt.put_archive(
+        pod,
+        ContainerRole::Web,
+        "/tmp",
+        archive_from_bytes(tar_bytes),
+    )
+    .await
+    .unwrap();
+    let back = collect_archive(
+        rt.get_archive(pod, ContainerRole::Web, "/tmp/upload/blob.bin")
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let mut archive = tar::Archive::new(back.as_slice());
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    let mut read = Vec::new();
+    entry.read_to_end(&mut read).unwrap();
+    assert_eq!(read, content);
+    let missing = rt
+        .get_archive(pod, ContainerRole::Web, "/nonexistent/path")
+        .await
+        .err()
+        .expect("a missing path fails");
+    assert!(
+        matches!(missing, RuntimeError::PathNotFound { .. }),
+        "{missing}"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn recreating_a_container_gets_a_fresh_one_from_the_kubelet_and_no_death_is_reported() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let rt = setup.runtime(ExecPath::Runtime);
+    let info = setup.running_pod(&rt).await;
+    let pod = info.pod_id.clone();
+    assert_ok(
+        "marker",
+        &rt.exec(
+            &pod,
+            ContainerRole::Web,
+            ExecRequest::new(["touch", "/tmp/left-by-clone"]),
+        )
+        .await
+        .unwrap(),
+    );
+    let old = info.container(ContainerRole::Web).unwrap().id.clone();
+    let started = Instant::now();
+    rt.recreate_container(&pod, ContainerRole::Web)
+        .await
+        .unwrap();
+    eprintln!("recreate web through the kubelet: {:?}", started.elapsed());
+    let after = rt.inspect_pod(&pod).await.unwrap();
+    assert!(after.is_running(), "{after:?}");
+    let new = after.container(ContainerRole::Web).unwrap().id.clone();
+    assert_ne!(new, old);
+    assert_eq!(
+        after.container(ContainerRole::Db).unwrap().id,
+        info.container(ContainerRole::Db).unwrap().id,
+        "db untouched"
+    );
+    assert_eq!(after.ip, info.ip, "the Pod keeps its address");
+    let gone = rt
+        .exec(
+            &pod,
+            ContainerRole::Web,
+            ExecRequest::new(["test", "-e", "/tmp/left-by-clone"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(gone.exit_code, 1, "the new container starts from the image");
+    // Events during the replacement are the agent's own doing (its pool ignores them while it
+    // resets); afterwards the pod must read as whole, also after the kubelet's later reports.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // And the pod reads as whole, now and after the kubelet's next status report.
+    assert!(rt.inspect_pod(&pod).await.unwrap().is_running());
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn a_container_the_kubelet_restarts_unasked_is_reported_dead_and_not_running() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let rt = setup.runtime(ExecPath::Runtime);
+    let mut events = rt.events(&setup.node).await.unwrap();
+    let info = setup.running_pod(&rt).await;
+    let pod = info.pod_id.clone();
+    let web = info.container(ContainerRole::Web).unwrap().id.clone();
+    let killed_at = Instant::now();
+    setup
+        .docker
+        .kill_container(
+            &web,
+            Some(KillContainerOptions {
+                signal: "SIGKILL".to_string(),
+            }),
+        )
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let died = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(event) = events.next().await {
+            let event = event.expect("event");
+            seen.push(event.clone());
+            if event.pod_id == pod && event.role == ContainerRole::Web {
+                if let RuntimeEventKind::Died { exit_code } = event.kind {
+                    return exit_code;
+                }
+            }
+        }
+        panic!("the event stream ended");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no Died event within 30 s; saw {seen:?}"));
+    eprintln!(
+        "a killed container reported through the API server after {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(died, Some(137));
+    // Whether or not the kubelet restarted it meanwhile, the pod is not whole any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let after = rt.inspect_pod(&pod).await.unwrap();
+        assert!(!after.is_running(), "{after:?}");
+        let restarted = after
+            .container(ContainerRole::Web)
+            .is_some_and(|c| !c.id.is_empty() && c.id != web);
+        if restarted || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let listed = rt.list_pods(&setup.node).await.unwrap();
+    assert!(!listed
+        .iter()
+        .find(|p| p.pod_id == pod)
+        .unwrap()
+        .is_running());
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn only_pods_of_the_own_node_are_listed_inspected_or_removed() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let rt = setup.runtime(ExecPath::Runtime);
+    let mine = setup.running_pod(&rt).await;
+    // A Pod for another node (it never runs: no such node), made with the admin's rights.
+    let foreign_id = new_pod_id();
+    let mut foreign = clonepool_agent::runtime::kube::pod_manifest(
+        &PodSpec {
+            node: "elsewhere".parse().unwrap(),
+            ..setup.spec(&foreign_id)
+        },
+        rt.settings(),
+    );
+    foreign.metadata.namespace = Some(setup.ns.name.clone());
+    setup
+        .pods()
+        .create(&PostParams::default(), &foreign)
+        .await
+        .unwrap();
+
+    let listed: Vec<PodId> = rt
+        .list_pods(&setup.node)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.pod_id)
+        .collect();
+    assert_eq!(listed, std::slice::from_ref(&mine.pod_id));
+    assert!(rt
+        .list_pods(&"elsewhere".parse().unwrap())
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(matches!(
+        rt.inspect_pod(&foreign_id).await,
+        Err(RuntimeError::PodNotFound(_))
+    ));
+    assert!(matches!(
+        rt.remove_pod(&foreign_id).await,
+        Err(RuntimeError::PodNotFound(_))
+    ));
+    assert!(
+        setup
+            .pods()
+            .get_opt(foreign_id.as_str())
+            .await
+            .unwrap()
+            .is_some(),
+        "another node's Pod is left alone"
+    );
+    let err = rt
+        .create_pod(&PodSpec {
+            node: "elsewhere".parse().unwrap(),
+            ..setup.spec(&new_pod_id())
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("own node"), "{err}");
+
+    // Removing the own Pod deletes it and the kubelet's containers.
+    let started = Instant::now();
+    rt.remove_pod(&mine.pod_id).await.unwrap();
+    eprintln!("remove pod through the API server: {:?}", started.elapsed());
+    assert!(setup
+        .pods()
+        .get_opt(mine.pod_id.as_str())
+        .await
+        .unwrap()
+        .is_none());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while setup
+        .docker_ids(&mine.pod_id)
+        .await
+        .iter()
+        .any(|(_, _, running)| *running)
+    {
+        assert!(Instant::now() < deadline, "containers still run");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(matches!(
+        rt.remove_pod(&mine.pod_id).await,
+        Err(RuntimeError::PodNotFound(_))
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn a_missing_image_is_refused_before_any_pod_is_made() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let rt = setup.runtime(ExecPath::Runtime);
+    let pod = new_pod_id();
+    let err = rt
+        .create_pod(&PodSpec {
+            image: "clonepool/does-not-exist:nope".to_string(),
+            ..setup.spec(&pod)
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::ImageMissing(_)), "{err}");
+    assert!(setup.pods().get_opt(pod.as_str()).await.unwrap().is_none());
+}

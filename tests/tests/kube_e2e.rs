@@ -1,0 +1,776 @@
+//! Kubernetes mode end to end, on the real single-node cluster of `scripts/kube-up` (API server,
+//! etcd, controller-manager, scheduler, kubelet with cri-dockerd in front of this machine's
+//! Docker Engine): `helm install` the chart, the agent DaemonSet becomes ready under its own
+//! ServiceAccount (so a missing RBAC rule fails here), warm Pods appear through the API server
+//! on the node, a claim through the agent API serves WordPress from a warm Pod, a release resets
+//! it through the node's Docker Engine (metric `path="runtime"`) back to WARM, the same reset
+//! through the API server's exec is measured after a `helm upgrade` (both medians printed for
+//! docs/benchmarks.md), and a deleted agent Pod's successor adopts the same Pods.
+//!
+//! Needs: the cluster (admin kubeconfig /var/lib/clonepool-kube/admin.kubeconfig or
+//! `CLONEPOOL_KUBECONFIG`; kubectl and helm in /var/cache/clonepool/kube/bin or
+//! `CLONEPOOL_KUBE_BIN`), the workload image (`CLONEPOOL_IMAGE`) and the clonepool image
+//! (`CLONEPOOL_KUBE_IMAGE`, else built here with images/clonepool/build). Without a cluster the
+//! test says so and passes, unless `CLONEPOOL_KUBE_REQUIRED` is set. The agent and the test
+//! reach Pod IPs directly (this machine routes the CNI bridge); no Ingress controller runs, so
+//! the clone is checked at its Pod's address with the clone's Host header.
+//! `CLONEPOOL_KUBE_RESETS` sets the resets measured per exec path (default 5),
+//! `CLONEPOOL_KUBE_RESET_METHOD` the agent's reset method (default the chart's, `sql`).
+
+use clonepool_common::agent_api::{Capacity, ClaimResponse};
+use k8s_openapi::api::core::v1::{Node, Pod, Secret};
+use kube::api::{Api, ListParams};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const DEFAULT_KUBECONFIG: &str = "/var/lib/clonepool-kube/admin.kubeconfig";
+const DEFAULT_KUBE_BIN: &str = "/var/cache/clonepool/kube/bin";
+const FILL: Duration = Duration::from_secs(240);
+
+fn kubeconfig() -> PathBuf {
+    std::env::var_os("CLONEPOOL_KUBECONFIG")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBECONFIG))
+}
+
+fn kube_bin(tool: &str) -> PathBuf {
+    std::env::var_os("CLONEPOOL_KUBE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_KUBE_BIN))
+        .join(tool)
+}
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn workload_image() -> String {
+    std::env::var("CLONEPOOL_IMAGE").unwrap_or_else(|_| {
+        panic!(
+            "CLONEPOOL_IMAGE is not set: build the workload image with images/wordpress/build \
+             and export its reference (scripts/test does both)"
+        )
+    })
+}
+
+/// The clonepool image (agent and coordinator): `CLONEPOOL_KUBE_IMAGE`, or built (or reused)
+/// by images/clonepool/build.
+fn clonepool_image() -> String {
+    if let Ok(image) = std::env::var("CLONEPOOL_KUBE_IMAGE") {
+        return image;
+    }
+    let out = Command::new(repo().join("images/clonepool/build"))
+        .output()
+        .expect("run images/clonepool/build");
+    assert!(
+        out.status.success(),
+        "images/clonepool/build failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("images/clonepool/build prints the image reference last")
+        .trim()
+        .to_string()
+}
+
+/// Runs a tool (helm, kubectl) with the cluster's kubeconfig; panics with its output on failure.
+fn run(tool: &str, args: &[&str]) -> String {
+    let out = Command::new(kube_bin(tool))
+        .args(args)
+        .env("KUBECONFIG", kubeconfig())
+        .output()
+        .unwrap_or_else(|e| panic!("run {tool}: {e}"));
+    assert!(
+        out.status.success(),
+        "{tool} {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn client() -> Result<kube::Client, String> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig()).map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+/// The cluster's client and node, or `None` (saying why) when no cluster answers and none is
+/// required.
+async fn cluster() -> Option<(kube::Client, String)> {
+    let found = async {
+        let client = client().await?;
+        let nodes = Api::<Node>::all(client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let node = nodes
+            .items
+            .first()
+            .and_then(|n| n.metadata.name.clone())
+            .ok_or("the cluster has no node")?;
+        Ok::<_, String>((client, node))
+    };
+    let why = match tokio::time::timeout(Duration::from_secs(10), found).await {
+        Ok(Ok(found)) if kube_bin("helm").exists() => return Some(found),
+        Ok(Ok(_)) => format!("no helm at {}", kube_bin("helm").display()),
+        Ok(Err(why)) => why,
+        Err(_) => "the API server did not answer within 10 s".to_string(),
+    };
+    if std::env::var_os("CLONEPOOL_KUBE_REQUIRED").is_some() {
+        panic!(
+            "no Kubernetes cluster at {} ({why}) but CLONEPOOL_KUBE_REQUIRED is set: run scripts/kube-up",
+            kubeconfig().display()
+        );
+    }
+    eprintln!(
+        "SKIPPED: no Kubernetes cluster at {} ({why}); scripts/kube-up brings one up",
+        kubeconfig().display()
+    );
+    None
+}
+
+/// The release and its namespaces, uninstalled and deleted when dropped; the agent's hostPath
+/// data dir removed.
+struct Release {
+    name: String,
+    namespace: String,
+    clones: String,
+    data_dir: PathBuf,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        if std::env::var_os("CLONEPOOL_KUBE_KEEP").is_some() {
+            eprintln!(
+                "CLONEPOOL_KUBE_KEEP: leaving release {} in {}",
+                self.name, self.namespace
+            );
+            return;
+        }
+        let kubectl = |args: &[&str]| {
+            let _ = Command::new(kube_bin("kubectl"))
+                .args(args)
+                .env("KUBECONFIG", kubeconfig())
+                .output();
+        };
+        let _ = Command::new(kube_bin("helm"))
+            .args(["uninstall", &self.name, "-n", &self.namespace, "--wait"])
+            .env("KUBECONFIG", kubeconfig())
+            .output();
+        // The clone Pods have no owner: they go with their namespace.
+        kubectl(&[
+            "delete",
+            "namespace",
+            &self.clones,
+            &self.namespace,
+            "--wait=true",
+            "--timeout=120s",
+        ]);
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// The agent Pod (the cluster's only node runs one): its name and address, once it is Ready.
+async fn ready_agent(pods: &Api<Pod>, release: &str, not: Option<&str>) -> (String, String) {
+    let selector =
+        format!("app.kubernetes.io/instance={release},app.kubernetes.io/component=agent");
+    let deadline = Instant::now() + FILL;
+    loop {
+        let list = pods
+            .list(&ListParams::default().labels(&selector))
+            .await
+            .unwrap();
+        let ready = list.items.iter().find(|p| {
+            let name = p.metadata.name.as_deref().unwrap_or_default();
+            let is_ready = p
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+            Some(name) != not && is_ready && p.metadata.deletion_timestamp.is_none()
+        });
+        if let Some(p) = ready {
+            let ip = p.status.as_ref().unwrap().pod_ip.clone().unwrap();
+            return (p.metadata.name.clone().unwrap(), ip);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no Ready agent Pod within {FILL:?}: {:?}",
+            list.items
+                .iter()
+                .map(|p| (p.metadata.name.clone(), p.status.clone()))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+struct Agent {
+    base: String,
+    admin: String,
+    token: String,
+}
+
+impl Agent {
+    async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let response = http()
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {path}: {e}"));
+        assert!(
+            response.status().is_success(),
+            "GET {path}: {}",
+            response.status()
+        );
+        response.json().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
+        http()
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"))
+    }
+
+    async fn capacity(&self) -> Capacity {
+        self.get("/v1/capacity").await
+    }
+
+    async fn wait_warm(&self, warm: u32) {
+        let deadline = Instant::now() + FILL;
+        loop {
+            let capacity = self.capacity().await;
+            if capacity.warm >= warm {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not {warm} WARM pods within {FILL:?}: {capacity:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+
+    /// The state of `pod` as the agent lists it.
+    async fn pod_state(&self, pod: &str) -> String {
+        let value: serde_json::Value = self.get(&format!("/v1/pods/{pod}")).await;
+        value["state"].as_str().unwrap_or_default().to_string()
+    }
+
+    /// `clonepool_agent_execs_total{path=…}` from the admin port.
+    async fn execs(&self, path: &str) -> f64 {
+        let text = http()
+            .get(format!("{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let key = format!("clonepool_agent_execs_total{{path=\"{path}\"}}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {key} in /metrics:\n{text}"))
+    }
+
+    /// Claims a warm pod for `clone` and checks its WordPress serves the clone and lets the
+    /// admin log in.
+    async fn claim_and_check(&self, clone: &str) -> ClaimResponse {
+        let host = format!("{clone}.clones.example.test");
+        let response = self
+            .post(
+                "/v1/claim",
+                serde_json::json!({"clone_id": clone, "clone_host": host, "allow_cold": false}),
+            )
+            .await;
+        assert_eq!(response.status().as_u16(), 200, "claim {clone}");
+        let claim: ClaimResponse = response.json().await.unwrap();
+        let home = http()
+            .get(format!("{}/", claim.endpoint))
+            .header("host", &host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(home.status().as_u16(), 200, "GET / of {clone}");
+        let body = home.text().await.unwrap();
+        assert!(
+            body.contains(&format!("http://{host}")),
+            "the page links the clone's host"
+        );
+        let login = http()
+            .post(format!("{}/wp-login.php", claim.endpoint))
+            .header("host", &host)
+            .header("cookie", "wordpress_test_cookie=WP%20Cookie%20check")
+            .form(&[
+                ("log", claim.credentials.admin_username.as_str()),
+                ("pwd", claim.credentials.admin_password.as_str()),
+                ("testcookie", "1"),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let location = login
+            .headers()
+            .get("location")
+            .and_then(|l| l.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(login.status().as_u16(), 302, "admin login of {clone}");
+        assert!(location.contains("wp-admin"), "login went to {location:?}");
+        claim
+    }
+
+    /// Releases `clone` and waits until its pod is WARM again: the reset time as the client
+    /// sees it (release to WARM, verification included; 20 ms polls).
+    async fn release_until_warm(&self, clone: &str, pod: &str) -> Duration {
+        let started = Instant::now();
+        let response = self
+            .post("/v1/release", serde_json::json!({"clone_id": clone}))
+            .await;
+        assert!(response.status().is_success(), "release {clone}");
+        loop {
+            match self.pod_state(pod).await.as_str() {
+                "warm" | "WARM" => return started.elapsed(),
+                "resetting" | "RESETTING" | "ready" | "READY" | "assigned" | "ASSIGNED" => {}
+                other => panic!("pod {pod} went {other} after the release of {clone}"),
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "reset of {pod} took over 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn agent_at(ip: &str, token: &str) -> Agent {
+    Agent {
+        base: format!("http://{ip}:7411"),
+        admin: format!("http://{ip}:7412"),
+        token: token.to_string(),
+    }
+}
+
+/// Names of the clone Pods the API server holds on `node` (not being deleted).
+async fn clone_pods(clones: &Api<Pod>, node: &str) -> BTreeSet<String> {
+    clones
+        .list(&ListParams::default().labels(&format!("clonepool.node={node}")))
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .filter(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node))
+        .filter_map(|p| p.metadata.name)
+        .collect()
+}
+
+fn median_ms(samples: &[Duration]) -> f64 {
+    let mut ms: Vec<f64> = samples.iter().map(|d| d.as_secs_f64() * 1000.0).collect();
+    ms.sort_by(f64::total_cmp);
+    clonepool_e2e::stats::quantile(&ms, 0.5)
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_the_node_runtime() {
+    let Some((client, node)) = cluster().await else {
+        return;
+    };
+    let workload = workload_image();
+    let image = clonepool_image();
+    let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
+    let (workload_repo, workload_tag) = workload.rsplit_once(':').expect("workload tag");
+    let resets: usize = std::env::var("CLONEPOOL_KUBE_RESETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
+
+    let reset_method =
+        std::env::var("CLONEPOOL_KUBE_RESET_METHOD").unwrap_or_else(|_| "sql".to_string());
+
+    let id = format!("{:08x}", rand::random::<u32>());
+    let release = Release {
+        name: format!("cpe2e-{id}"),
+        namespace: format!("clonepool-e2e-{id}"),
+        clones: format!("clonepool-e2e-{id}-clones"),
+        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
+    };
+    let agent_dir = release.data_dir.join("agent");
+    let chart = repo().join("charts/clonepool");
+    let install_started = Instant::now();
+    let sets = [
+        format!("images.clonepool.repository={image_repo}"),
+        format!("images.clonepool.tag={image_tag}"),
+        format!("images.workload.repository={workload_repo}"),
+        format!("images.workload.tag={workload_tag}"),
+        format!("clones.namespace={}", release.clones),
+        "agent.warmTarget=2".to_string(),
+        "agent.maxPods=2".to_string(),
+        format!("agent.dataDir={}", agent_dir.display()),
+        "agent.podLabels[0]=clonepool.test=true".to_string(),
+        "coordinator.persistence.type=emptyDir".to_string(),
+        format!("agent.resetMethod={reset_method}"),
+    ];
+    let mut args = vec![
+        "install".to_string(),
+        release.name.clone(),
+        chart.display().to_string(),
+        "--namespace".to_string(),
+        release.namespace.clone(),
+        "--create-namespace".to_string(),
+        "--wait".to_string(),
+        "--timeout".to_string(),
+        "5m".to_string(),
+    ];
+    for set in &sets {
+        args.extend(["--set".to_string(), set.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run("helm", &args);
+    eprintln!("helm install --wait: {:?}", install_started.elapsed());
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
+    let clones: Api<Pod> = Api::namespaced(client.clone(), &release.clones);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
+    let token_secret = secrets
+        .get(&format!("{}-clonepool-agent-token", release.name))
+        .await
+        .unwrap();
+    let token = String::from_utf8(token_secret.data.unwrap()["token"].0.clone()).unwrap();
+
+    // The agent runs under the chart's ServiceAccount and is Ready (its runtime answers).
+    let (agent_pod, agent_ip) = ready_agent(&pods, &release.name, None).await;
+    let agent_object = pods.get(&agent_pod).await.unwrap();
+    assert_eq!(
+        agent_object
+            .spec
+            .as_ref()
+            .unwrap()
+            .service_account_name
+            .as_deref(),
+        Some(format!("{}-clonepool-agent", release.name).as_str())
+    );
+    let agent = agent_at(&agent_ip, &token).await;
+    let fill_started = Instant::now();
+    agent.wait_warm(2).await;
+    eprintln!(
+        "pool of 2 warm Pods filled {:?} after the agent was Ready",
+        fill_started.elapsed()
+    );
+    assert_eq!(agent.capacity().await.node, node);
+
+    // The warm pods are real Pods on the node, with no owner (they outlive the agent).
+    let warm_pods = clone_pods(&clones, &node).await;
+    assert_eq!(warm_pods.len(), 2, "{warm_pods:?}");
+    for name in &warm_pods {
+        let pod = clones.get(name).await.unwrap();
+        assert!(
+            pod.metadata.owner_references.is_none(),
+            "{name} has an owner"
+        );
+        assert_eq!(
+            pod.spec.as_ref().unwrap().node_name.as_deref(),
+            Some(node.as_str())
+        );
+        let phase = pod.status.as_ref().and_then(|s| s.phase.clone());
+        assert_eq!(phase.as_deref(), Some("Running"), "{name}");
+    }
+
+    // A claim through the agent API: WordPress serves the clone from a warm Pod.
+    let claim_started = Instant::now();
+    let claim = agent.claim_and_check("kube-e2e-first").await;
+    eprintln!("claim + first page + login: {:?}", claim_started.elapsed());
+    assert!(warm_pods.contains(claim.pod_id.as_str()));
+    let pod_ip = clones
+        .get(claim.pod_id.as_str())
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .pod_ip
+        .unwrap();
+    assert_eq!(
+        claim.endpoint,
+        format!("http://{pod_ip}:80"),
+        "the endpoint is the Pod IP"
+    );
+
+    // Release: the reset runs through the node's Docker Engine, never the API server.
+    let (direct_before, api_before) =
+        (agent.execs("runtime").await, agent.execs("apiserver").await);
+    let first = agent
+        .release_until_warm("kube-e2e-first", claim.pod_id.as_str())
+        .await;
+    let (direct_after, api_after) = (agent.execs("runtime").await, agent.execs("apiserver").await);
+    assert!(
+        direct_after > direct_before,
+        "the reset ran commands through the runtime"
+    );
+    assert_eq!(
+        api_after, api_before,
+        "no command went through the API server"
+    );
+    assert_eq!(api_after, 0.0);
+    eprintln!(
+        "first reset (runtime path): {first:?}, {} execs",
+        direct_after - direct_before
+    );
+
+    // Reset times, runtime path.
+    let mut direct = Vec::new();
+    for i in 0..resets {
+        let clone = format!("kube-e2e-rt-{i}");
+        let claim = agent.claim_and_check(&clone).await;
+        direct.push(
+            agent
+                .release_until_warm(&clone, claim.pod_id.as_str())
+                .await,
+        );
+    }
+    assert_eq!(agent.execs("apiserver").await, 0.0);
+
+    // The same resets through the API server's exec: helm upgrade (pods/exec is granted only
+    // then); the new agent adopts the same Pods.
+    let before_upgrade = clone_pods(&clones, &node).await;
+    let upgrade_started = Instant::now();
+    run(
+        "helm",
+        &[
+            "upgrade",
+            &release.name,
+            &chart.display().to_string(),
+            "--namespace",
+            &release.namespace,
+            "--reuse-values",
+            "--set",
+            "agent.execPath=apiserver",
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    );
+    let (upgraded_pod, upgraded_ip) = ready_agent(&pods, &release.name, Some(&agent_pod)).await;
+    eprintln!(
+        "helm upgrade to execPath=apiserver: {:?}",
+        upgrade_started.elapsed()
+    );
+    let agent = agent_at(&upgraded_ip, &token).await;
+    agent.wait_warm(2).await;
+    assert_eq!(
+        clone_pods(&clones, &node).await,
+        before_upgrade,
+        "the upgraded agent adopted the same Pods"
+    );
+    let mut via_api = Vec::new();
+    for i in 0..resets {
+        let clone = format!("kube-e2e-api-{i}");
+        let claim = agent.claim_and_check(&clone).await;
+        via_api.push(
+            agent
+                .release_until_warm(&clone, claim.pod_id.as_str())
+                .await,
+        );
+    }
+    assert!(agent.execs("apiserver").await > 0.0);
+    assert_eq!(
+        agent.execs("runtime").await,
+        0.0,
+        "all went through the API server"
+    );
+
+    eprintln!(
+        "\n=== Kubernetes mode: reset (release to WARM, verified), {resets} each, {reset_method} method ===\n\
+         runtime (Docker Engine API, direct): median {:.0} ms  samples {:?}\n\
+         apiserver (pods/exec):              median {:.0} ms  samples {:?}\n",
+        median_ms(&direct),
+        direct.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        median_ms(&via_api),
+        via_api.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+    );
+
+    // Back to the runtime path, then delete the agent Pod: its successor adopts the Pods.
+    run(
+        "helm",
+        &[
+            "upgrade",
+            &release.name,
+            &chart.display().to_string(),
+            "--namespace",
+            &release.namespace,
+            "--reuse-values",
+            "--set",
+            "agent.execPath=runtime",
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    );
+    let (current_pod, current_ip) = ready_agent(&pods, &release.name, Some(&upgraded_pod)).await;
+    let agent = agent_at(&current_ip, &token).await;
+    agent.wait_warm(2).await;
+    let held = clone_pods(&clones, &node).await;
+    let uids = |list: &[Pod]| -> BTreeSet<String> {
+        list.iter().filter_map(|p| p.metadata.uid.clone()).collect()
+    };
+    let before = uids(&clones.list(&ListParams::default()).await.unwrap().items);
+    let deleted_at = Instant::now();
+    run(
+        "kubectl",
+        &[
+            "delete",
+            "pod",
+            &current_pod,
+            "-n",
+            &release.namespace,
+            "--wait=false",
+        ],
+    );
+    let (_, successor_ip) = ready_agent(&pods, &release.name, Some(&current_pod)).await;
+    let successor = agent_at(&successor_ip, &token).await;
+    successor.wait_warm(2).await;
+    eprintln!(
+        "agent Pod deleted → successor Ready with 2 WARM: {:?}",
+        deleted_at.elapsed()
+    );
+    let listed: Vec<serde_json::Value> = successor.get("/v1/pods").await;
+    let adopted: BTreeSet<String> = listed
+        .iter()
+        .filter_map(|p| p["pod_id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(adopted, held, "the new agent holds the same Pods");
+    assert_eq!(clone_pods(&clones, &node).await, held);
+    assert_eq!(
+        uids(&clones.list(&ListParams::default()).await.unwrap().items),
+        before,
+        "the very same Pod objects (no Pod was recreated)"
+    );
+    // And they still serve.
+    successor.claim_and_check("kube-e2e-after-adoption").await;
+}
+
+/// `helm template` with `--set`s, as text.
+fn render(release: &str, namespace: &str, extra: &[&str]) -> String {
+    let chart = repo().join("charts/clonepool");
+    let chart = chart.display().to_string();
+    let mut args = vec![
+        "template",
+        release,
+        chart.as_str(),
+        "--namespace",
+        namespace,
+    ];
+    args.extend_from_slice(extra);
+    run("helm", &args)
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_server() {
+    let Some(_) = cluster().await else {
+        return;
+    };
+    let chart = repo().join("charts/clonepool").display().to_string();
+    let lint = run("helm", &["lint", &chart, "--strict"]);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    let id = format!("{:08x}", rand::random::<u32>());
+    let namespace = format!("clonepool-dry-{id}");
+    let clones = format!("{namespace}-clones");
+    // The namespaces must exist for a server-side dry run of the objects in them.
+    let _namespaces = Release {
+        name: format!("dry-{id}"),
+        namespace: namespace.clone(),
+        clones: clones.clone(),
+        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/dry-{id}")),
+    };
+    run("kubectl", &["create", "namespace", &namespace]);
+    run("kubectl", &["create", "namespace", &clones]);
+    let clones_set = format!("clones.namespace={clones}");
+    for variant in [
+        vec![],
+        vec!["--set", "agent.execPath=apiserver"],
+        vec!["--set", "coordinator.persistence.type=pvc"],
+        vec!["--set", "coordinator.persistence.type=emptyDir"],
+        vec!["--set", "networkPolicy.enabled=false"],
+    ] {
+        let mut extra = vec!["--set", clones_set.as_str()];
+        extra.extend(variant.iter().copied());
+        let manifests = render("dry", &namespace, &extra);
+        let path = std::env::temp_dir().join(format!("clonepool-chart-{id}.yaml"));
+        std::fs::write(&path, &manifests).unwrap();
+        let applied = run(
+            "kubectl",
+            &[
+                "apply",
+                "--dry-run=server",
+                "-f",
+                &path.display().to_string(),
+            ],
+        );
+        let _ = std::fs::remove_file(&path);
+        for kind in [
+            "daemonset.apps",
+            "statefulset.apps",
+            "role.rbac",
+            "rolebinding.rbac",
+        ] {
+            assert!(
+                applied.contains(kind),
+                "{variant:?}: no {kind} in\n{applied}"
+            );
+        }
+        assert_eq!(
+            manifests.contains("kind: NetworkPolicy"),
+            !variant.contains(&"networkPolicy.enabled=false"),
+            "{variant:?}"
+        );
+        // pods/exec is granted only for the API server exec path.
+        assert_eq!(
+            manifests.contains("pods/exec"),
+            variant.contains(&"agent.execPath=apiserver"),
+            "{variant:?}"
+        );
+    }
+    // A ServiceMonitor only where the Prometheus Operator's API exists.
+    let without = render("dry", &namespace, &[]);
+    assert!(!without.contains("kind: ServiceMonitor"));
+    let with = render(
+        "dry",
+        &namespace,
+        &["--api-versions", "monitoring.coreos.com/v1"],
+    );
+    assert!(with.contains("kind: ServiceMonitor"));
+    // Values that make no sense are refused by name.
+    let bad = Command::new(kube_bin("helm"))
+        .args(["template", "dry", &chart, "--set", "agent.execPath=ssh"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("agent.execPath"));
+}
