@@ -576,6 +576,9 @@ mod tests {
     fn kubernetes_mode_needs_a_base_domain_and_an_image_and_reports_both() {
         let mut config = Config::with_data_dir("/tmp/x");
         config.mode = Mode::Kubernetes;
+        // scripts/test exports CLONEPOOL_IMAGE, which the config reads: this test wants none.
+        config.kube.image = None;
+        config.kube.base_domain = None;
         config.kube.image_pull_policy = "Sometimes".into();
         let err = config.validate().unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
