@@ -538,10 +538,22 @@ pub async fn post_restore(
             }
         }
     }
-    let idempotency = idempotency_key(&state.store, &headers, "restore", &body.canonical)?;
+    queue_site_job(&state, &headers, JobType::Restore, "restore", &body).await
+}
+
+/// Queues a restore or rollback job (no clone) and answers 202, or the job an earlier request
+/// with the same `Idempotency-Key` made.
+async fn queue_site_job<T: serde::Serialize>(
+    state: &AppState,
+    headers: &HeaderMap,
+    job_type: JobType,
+    route: &'static str,
+    body: &JsonBody<T>,
+) -> Result<Response, ApiError> {
+    let idempotency = idempotency_key(&state.store, headers, route, &body.canonical)?;
     let job = NewJob {
         job_id: new_job_id(),
-        job_type: JobType::Restore,
+        job_type,
         request_json: serde_json::to_string(&body.value)
             .map_err(|err| ApiError::internal(err.to_string()))?,
         clone: None,
@@ -588,24 +600,7 @@ pub async fn post_rollback(
         &body.value.target.url,
     )
     .await?;
-    let idempotency = idempotency_key(&state.store, &headers, "rollback", &body.canonical)?;
-    let job = NewJob {
-        job_id: new_job_id(),
-        job_type: JobType::Rollback,
-        request_json: serde_json::to_string(&body.value)
-            .map_err(|err| ApiError::internal(err.to_string()))?,
-        clone: None,
-        idempotency,
-        max_queued: state.limits.max_queued_jobs,
-        now: now_ms(),
-    };
-    match state.store.create_job(job).await.map_err(store_error)? {
-        Created::New(job) => {
-            state.engine.wake();
-            Ok(accepted(&job, false))
-        }
-        Created::Replayed(job) => Ok(accepted(&job, true)),
-    }
+    queue_site_job(&state, &headers, JobType::Rollback, "rollback", &body).await
 }
 
 /// End a clone early: its pod is reset and returns to the warm pool.
