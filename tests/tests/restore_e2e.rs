@@ -65,17 +65,22 @@ async fn clone_of(stack: &Stack, site: &Site, clone: &str) -> (JobStatus, Vec<St
     follow(stack, &accepted.job.job_id).await
 }
 
-/// Runs SQL in the clone's database (inside its pod's db container).
-fn clone_sql(stack: &Stack, clone: &str, sql: &str) -> String {
+/// The Docker container of `role` (db or web) in the pod serving `clone`.
+fn clone_container(stack: &Stack, clone: &str, role: &str) -> String {
     let pod = stack
         .agent_pods()
         .into_iter()
         .find(|p| p.clone_id.as_ref().map(|c| c.as_str()) == Some(clone))
         .expect("the clone's pod");
+    format!("clonepool-{}-{role}", pod.pod_id)
+}
+
+/// Runs SQL in the clone's database (inside its pod's db container).
+fn clone_sql(stack: &Stack, clone: &str, sql: &str) -> String {
     let out = Command::new("docker")
         .args([
             "exec",
-            &format!("clonepool-{}-db", pod.pod_id),
+            &clone_container(stack, clone, "db"),
             "mariadb",
             "--batch",
             "--skip-column-names",
@@ -94,15 +99,10 @@ fn clone_sql(stack: &Stack, clone: &str, sql: &str) -> String {
 }
 
 fn clone_web_sh(stack: &Stack, clone: &str, script: &str) {
-    let pod = stack
-        .agent_pods()
-        .into_iter()
-        .find(|p| p.clone_id.as_ref().map(|c| c.as_str()) == Some(clone))
-        .expect("the clone's pod");
     let out = Command::new("docker")
         .args([
             "exec",
-            &format!("clonepool-{}-web", pod.pod_id),
+            &clone_container(stack, clone, "web"),
             "sh",
             "-c",
             script,
