@@ -1,6 +1,6 @@
 //! The coordinator's Kubernetes mode against the real API server of `scripts/kube-up` (never a
 //! mock): each test gets its own namespace with a ServiceAccount bound to a Role holding exactly
-//! the rules of `coordinator/kube/rbac-rules.yaml`, and the coordinator's code runs under that
+//! the rules of `charts/clonepool/files/coordinator-rbac-rules.yaml`, and the coordinator's code runs under that
 //! ServiceAccount's token (a kubeconfig written for it), so a missing rule fails a test.
 //!
 //! Skipped with a message when the cluster's admin kubeconfig is absent, unless
@@ -50,7 +50,7 @@ fn admin_kubeconfig() -> PathBuf {
 fn rbac_rules() -> Vec<PolicyRule> {
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
-        "/../coordinator/kube/rbac-rules.yaml"
+        "/../charts/clonepool/files/coordinator-rbac-rules.yaml"
     );
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"));
     serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{path} is not a list of rules: {e}"))

@@ -29,6 +29,10 @@ const DEFAULT_KUBECONFIG: &str = "/var/lib/clonepool-kube/admin.kubeconfig";
 const DEFAULT_KUBE_BIN: &str = "/var/cache/clonepool/kube/bin";
 const FILL: Duration = Duration::from_secs(240);
 
+/// One release with WordPress Pods at a time: two would fight over the 2 cores and the reset
+/// figures would measure the contention.
+static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn kubeconfig() -> PathBuf {
     std::env::var_os("CLONEPOOL_KUBECONFIG")
         .map(PathBuf::from)
@@ -402,6 +406,7 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
     let Some((client, node)) = cluster().await else {
         return;
     };
+    let _heavy = HEAVY.lock().await;
     let workload = workload_image();
     let image = clonepool_image();
     let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
@@ -718,6 +723,12 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
         vec!["--set", "coordinator.persistence.type=pvc"],
         vec!["--set", "coordinator.persistence.type=emptyDir"],
         vec!["--set", "networkPolicy.enabled=false"],
+        vec![
+            "--set",
+            "coordinator.tls.secretName=clonepool-api-tls",
+            "--set",
+            "coordinator.apiTokenSecret=clonepool-api-tokens",
+        ],
     ] {
         let mut extra = vec!["--set", clones_set.as_str()];
         extra.extend(variant.iter().copied());
@@ -773,4 +784,523 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("agent.execPath"));
+    let two = Command::new(kube_bin("helm"))
+        .args(["template", "dry", &chart, "--set", "coordinator.replicas=2"])
+        .output()
+        .unwrap();
+    assert!(
+        !two.status.success(),
+        "two coordinators would share no state"
+    );
+    assert!(String::from_utf8_lossy(&two.stderr).contains("coordinator.replicas must be 1"));
+
+    // The coordinator's Roles are the rules file's: all of it in the clones namespace, its
+    // pods rule in the release namespace (agent discovery).
+    let rules: Vec<serde_json::Value> = serde_saphyr::from_str(
+        &std::fs::read_to_string(repo().join("charts/clonepool/files/coordinator-rbac-rules.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let rendered = render("dry", &namespace, &["--set", clones_set.as_str()]);
+    let roles: Vec<serde_json::Value> = rendered
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .filter(|doc| doc["kind"] == "Role")
+        .collect();
+    let coordinator_role = |name: &str| {
+        roles
+            .iter()
+            .find(|r| r["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no Role {name}"))
+            .clone()
+    };
+    let clones_role = coordinator_role("dry-clonepool-coordinator");
+    assert_eq!(clones_role["metadata"]["namespace"], clones.as_str());
+    assert_eq!(
+        clones_role["rules"],
+        serde_json::Value::Array(rules.clone())
+    );
+    let discovery = coordinator_role("dry-clonepool-coordinator-discovery");
+    assert_eq!(discovery["metadata"]["namespace"], namespace.as_str());
+    let pods_rules: Vec<serde_json::Value> = rules
+        .into_iter()
+        .filter(|r| {
+            r["resources"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|x| x == "pods")
+        })
+        .collect();
+    assert_eq!(discovery["rules"], serde_json::Value::Array(pods_rules));
+}
+
+/// `kubectl port-forward` to a Service port on 127.0.0.1 (how an operator reaches the
+/// coordinator from outside the cluster); stopped when dropped.
+struct PortForward {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl PortForward {
+    fn start(namespace: &str, target: &str, port: u16) -> Self {
+        use std::io::BufRead;
+        let mut child = Command::new(kube_bin("kubectl"))
+            .args([
+                "-n",
+                namespace,
+                "port-forward",
+                target,
+                &format!("0:{port}"),
+                "--address",
+                "127.0.0.1",
+            ])
+            .env("KUBECONFIG", kubeconfig())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .expect("run kubectl port-forward");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).unwrap();
+        // kubectl goes on writing a line per connection: a closed pipe would end it.
+        std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+        // "Forwarding from 127.0.0.1:41234 -> 7401"
+        let local = line
+            .split_whitespace()
+            .find_map(|word| word.strip_prefix("127.0.0.1:"))
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("kubectl port-forward said {line:?}"));
+        Self { child, port: local }
+    }
+}
+
+impl Drop for PortForward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that sends `host` to `ip:80` (a Service's ClusterIP: no Ingress controller runs
+/// here), keeping WordPress's cookies. A new connection per request: a connection made before
+/// kube-proxy programmed a new Service (whose ClusterIP may have led elsewhere a moment ago)
+/// keeps its old destination for as long as it is kept alive.
+fn client_to(host: &str, ip: &str) -> reqwest::Client {
+    let addr: std::net::SocketAddr = format!("{ip}:80").parse().unwrap();
+    reqwest::Client::builder()
+        .resolve(host, addr)
+        .pool_max_idle_per_host(0)
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
+/// Polls `check` every 500 ms until it yields a value; panics after `timeout` naming `what`.
+async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The clone's WordPress through its Service (the Ingress's backend) with the clone's Host:
+/// the home page names the clone's URL and the admin logs in with the job's password.
+async fn clone_serves_through_its_service(
+    services: &Api<k8s_openapi::api::core::v1::Service>,
+    ingresses: &Api<k8s_openapi::api::networking::v1::Ingress>,
+    result: &clonepool_common::api::CloneResult,
+) {
+    let name = format!("clone-{}", result.clone_id);
+    let host = result
+        .clone_url
+        .strip_prefix("http://")
+        .expect("clone URLs are http:// without an Ingress TLS secret")
+        .to_string();
+    let ingress = ingresses.get(&name).await.expect("the clone's Ingress");
+    let rule = &ingress.spec.unwrap().rules.unwrap()[0];
+    assert_eq!(rule.host.as_deref(), Some(host.as_str()));
+    let backend = rule.http.as_ref().unwrap().paths[0]
+        .backend
+        .service
+        .clone()
+        .unwrap();
+    assert_eq!(
+        backend.name, name,
+        "the Ingress leads to the clone's Service"
+    );
+    let service = services.get(&name).await.expect("the clone's Service");
+    let cluster_ip = service.spec.unwrap().cluster_ip.unwrap();
+    let site = client_to(&host, &cluster_ip);
+    // kube-proxy may take a moment to program a new Service.
+    let body = eventually(
+        &format!("{host} answers through its Service"),
+        Duration::from_secs(60),
+        || async {
+            let response = match site.get(format!("http://{host}/")).send().await {
+                Ok(response) => response,
+                Err(err) => {
+                    eprintln!("{host} through {cluster_ip}: {err}");
+                    return None;
+                }
+            };
+            if response.status().as_u16() != 200 {
+                eprintln!("{host} through {cluster_ip}: {}", response.status());
+                return None;
+            }
+            response.text().await.ok()
+        },
+    )
+    .await;
+    assert!(
+        body.contains(&format!("http://{host}")),
+        "the page links the clone's own host"
+    );
+    let login = site
+        .post(format!("http://{host}/wp-login.php"))
+        .header("cookie", "wordpress_test_cookie=WP%20Cookie%20check")
+        .form(&[
+            ("log", result.username.as_str()),
+            ("pwd", result.password.as_str()),
+            ("testcookie", "1"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let location = login
+        .headers()
+        .get("location")
+        .and_then(|l| l.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(login.status().as_u16(), 302, "admin login to {host}");
+    assert!(location.contains("wp-admin"), "login went to {location:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_is_exhausted_and_cleans_up_on_ttl(
+) {
+    use clonepool_common::api::{ClonePath, CloneRequest, CloneStatus, JobResult, JobState};
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::networking::v1::Ingress;
+
+    let Some((client, node)) = cluster().await else {
+        return;
+    };
+    let _heavy = HEAVY.lock().await;
+    let workload = workload_image();
+    let image = clonepool_image();
+    let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
+    let (workload_repo, workload_tag) = workload.rsplit_once(':').expect("workload tag");
+    let warm_samples: usize = std::env::var("CLONEPOOL_KUBE_CLONES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+
+    let id = format!("{:08x}", rand::random::<u32>());
+    let release = Release {
+        name: format!("cpco-{id}"),
+        namespace: format!("clonepool-co-{id}"),
+        clones: format!("clonepool-co-{id}-clones"),
+        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
+    };
+    let chart = repo().join("charts/clonepool");
+    // One warm Pod and room for no other: the second clone finds the pool exhausted. A TTL
+    // minute of 4 s (CLONEPOOL_TTL_MINUTE_MS) lets the shortest TTLs run out within the test.
+    let sets = [
+        format!("images.clonepool.repository={image_repo}"),
+        format!("images.clonepool.tag={image_tag}"),
+        format!("images.workload.repository={workload_repo}"),
+        format!("images.workload.tag={workload_tag}"),
+        format!("clones.namespace={}", release.clones),
+        "agent.warmTarget=1".to_string(),
+        "agent.maxPods=1".to_string(),
+        format!("agent.dataDir={}", release.data_dir.join("agent").display()),
+        "agent.podLabels[0]=clonepool.test=true".to_string(),
+        "coordinator.persistence.type=emptyDir".to_string(),
+        // A cold Deployment cannot import a source yet: these clones are fresh sites.
+        "coordinator.sourceImport=false".to_string(),
+        "coordinator.urlAllowHosts[0]=source.test".to_string(),
+        "coordinator.cold.cpuMillis=500".to_string(),
+        "coordinator.extraEnv[0].name=CLONEPOOL_TTL_MINUTE_MS".to_string(),
+        "coordinator.extraEnv[0].value=4000".to_string(),
+    ];
+    let mut args = vec![
+        "install".to_string(),
+        release.name.clone(),
+        chart.display().to_string(),
+        "--namespace".to_string(),
+        release.namespace.clone(),
+        "--create-namespace".to_string(),
+        "--wait".to_string(),
+        "--timeout".to_string(),
+        "5m".to_string(),
+    ];
+    for set in &sets {
+        args.extend(["--set".to_string(), set.clone()]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let install_started = Instant::now();
+    run("helm", &args);
+    eprintln!("helm install --wait: {:?}", install_started.elapsed());
+
+    let coordinator_name = format!("{}-clonepool-coordinator", release.name);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
+    let clone_pods_api: Api<Pod> = Api::namespaced(client.clone(), &release.clones);
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.clones);
+    let services: Api<Service> = Api::namespaced(client.clone(), &release.clones);
+    let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &release.clones);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
+
+    // The coordinator runs in its Pod under the chart's ServiceAccount.
+    let statefulset = Api::<StatefulSet>::namespaced(client.clone(), &release.namespace)
+        .get(&coordinator_name)
+        .await
+        .unwrap();
+    assert_eq!(
+        statefulset
+            .spec
+            .unwrap()
+            .template
+            .spec
+            .unwrap()
+            .service_account_name,
+        Some(coordinator_name.clone())
+    );
+    let coordinator_pod = format!("{coordinator_name}-0");
+    // The API token from the chart's Secret; the coordinator's generated CA read from its Pod.
+    let token_secret = secrets
+        .get(&format!("{}-clonepool-api-token", release.name))
+        .await
+        .unwrap();
+    let token = String::from_utf8(token_secret.data.unwrap()["token"].0.clone()).unwrap();
+    let ca = run(
+        "kubectl",
+        &[
+            "-n",
+            &release.namespace,
+            "exec",
+            &coordinator_pod,
+            "-c",
+            "coordinator",
+            "--",
+            "cat",
+            "/var/lib/clonepool/coordinator/state/ca.pem",
+        ],
+    );
+    let forward = PortForward::start(
+        &release.namespace,
+        &format!("service/{coordinator_name}"),
+        7401,
+    );
+    let api = clonepool_coordinator::client::ApiClient::new(
+        &format!("https://localhost:{}", forward.port),
+        token.trim(),
+        Some(ca.as_bytes()),
+    )
+    .unwrap();
+    let wrong = clonepool_coordinator::client::ApiClient::new(
+        &format!("https://localhost:{}", forward.port),
+        "not-the-token",
+        Some(ca.as_bytes()),
+    )
+    .unwrap();
+    // The forward may lead nowhere for a moment after the Pod turned Ready.
+    let refused = eventually(
+        "the coordinator answers through the port-forward",
+        Duration::from_secs(60),
+        || async {
+            match wrong.pool().await {
+                Err(clonepool_coordinator::client::ClientError::Transport { reason, .. }) => {
+                    eprintln!("not yet: {reason}");
+                    None
+                }
+                other => Some(other),
+            }
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            refused,
+            Err(clonepool_coordinator::client::ClientError::Api { status: 401, .. })
+        ),
+        "a wrong token is refused: {refused:?}"
+    );
+    let pool = api
+        .pool()
+        .await
+        .expect("the API answers with the chart's token");
+    eprintln!("pool as the in-cluster coordinator sees it: {pool:?}");
+
+    // The agent's warm Pod is there before the first clone.
+    let (_, agent_ip) = ready_agent(&pods, &release.name, None).await;
+    let agent_token = String::from_utf8(
+        secrets
+            .get(&format!("{}-clonepool-agent-token", release.name))
+            .await
+            .unwrap()
+            .data
+            .unwrap()["token"]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    let agent = agent_at(&agent_ip, &agent_token).await;
+    agent.wait_warm(1).await;
+
+    let request = |ttl_minutes: u32| CloneRequest {
+        source_url: "https://source.test/".into(),
+        source_username: "admin".into(),
+        source_password: "unused".into(),
+        customer_id: None,
+        ttl_minutes: Some(ttl_minutes),
+    };
+    let clone = |ttl_minutes: u32| {
+        let api = &api;
+        let request = request(ttl_minutes);
+        async move {
+            let started = Instant::now();
+            let accepted = api.clone_site(&request, None).await.expect("accepted");
+            let status = api
+                .wait_job(
+                    &accepted.job.job_id,
+                    Duration::from_millis(50),
+                    Duration::from_secs(300),
+                    |_| {},
+                )
+                .await
+                .unwrap();
+            assert_eq!(status.status, JobState::Completed, "{status:?}");
+            let Some(JobResult::Clone(result)) = status.result.clone() else {
+                panic!("no clone result: {status:?}");
+            };
+            (result, started.elapsed())
+        }
+    };
+
+    // Warm clones through the in-cluster coordinator: the agent discovered through its Pod, the
+    // clone served from the warm Pod through its Service. Ended by DELETE between samples
+    // (the pod resets and is WARM again); the last one is kept and left to its TTL.
+    let mut warm_times = Vec::new();
+    let mut kept = None;
+    for sample in 0..warm_samples.max(1) {
+        // The coordinator learns of the WARM pod at its next capacity poll.
+        eventually(
+            "the coordinator sees a warm pod",
+            Duration::from_secs(120),
+            || async { (api.pool().await.ok()?.warm_total >= 1).then_some(()) },
+        )
+        .await;
+        let last = sample + 1 == warm_samples.max(1);
+        let (result, took) = clone(if last { 10 } else { 60 }).await;
+        assert_eq!(result.path, ClonePath::Warm, "{result:?}");
+        assert_eq!(result.node, node);
+        assert_eq!(
+            result.clone_url,
+            format!("http://{}.clones.example.test", result.clone_id)
+        );
+        warm_times.push(took);
+        clone_serves_through_its_service(&services, &ingresses, &result).await;
+        if last {
+            kept = Some(result);
+        } else {
+            api.delete(&result.clone_id).await.unwrap();
+            let name = format!("clone-{}", result.clone_id);
+            eventually(
+                "a deleted clone's Service and Ingress go",
+                Duration::from_secs(60),
+                || async {
+                    (services.get_opt(&name).await.unwrap().is_none()
+                        && ingresses.get_opt(&name).await.unwrap().is_none())
+                    .then_some(())
+                },
+            )
+            .await;
+        }
+    }
+    let warm = kept.unwrap();
+    eprintln!(
+        "warm clone through the in-cluster coordinator (POST → completed, via port-forward): median {:.0} ms of {} {:?}",
+        median_ms(&warm_times),
+        warm_times.len(),
+        warm_times
+    );
+
+    // The pool is exhausted (one Pod at most, serving): the next clone goes cold, a Deployment
+    // made through the API server under the coordinator's ServiceAccount.
+    assert_eq!(agent.capacity().await.warm, 0);
+    let (cold, cold_took) = clone(clonepool_common::api::MIN_TTL_MINUTES).await;
+    eprintln!("cold clone (Deployment) ready: {cold_took:?}");
+    assert_eq!(cold.path, ClonePath::Cold, "{cold:?}");
+    let cold_name = format!("clone-{}", cold.clone_id);
+    let deployment = deployments.get(&cold_name).await.expect("the Deployment");
+    assert_eq!(
+        deployment.metadata.labels.as_ref().unwrap()["clonepool.clone"],
+        cold.clone_id
+    );
+    clone_serves_through_its_service(&services, &ingresses, &cold).await;
+
+    // TTL expiry: both clones end as "expired"; everything made for them goes, and the warm
+    // Pod is reset and WARM again.
+    for result in [&cold, &warm] {
+        let info = eventually(
+            &format!("{} expires", result.clone_id),
+            Duration::from_secs(180),
+            || async {
+                let info = api.clone_info(&result.clone_id).await.ok()?;
+                (info.status == CloneStatus::Released).then_some(info)
+            },
+        )
+        .await;
+        assert_eq!(info.end_reason.as_deref(), Some("expired"));
+    }
+    eventually(
+        "the cold clone's Deployment, Secret, Service, Ingress and Pod are gone",
+        Duration::from_secs(120),
+        || async {
+            let secrets_clones: Api<Secret> = Api::namespaced(client.clone(), &release.clones);
+            let cold_pods = clone_pods_api
+                .list(&ListParams::default().labels(&format!("clonepool.clone={}", cold.clone_id)))
+                .await
+                .unwrap();
+            (deployments.get_opt(&cold_name).await.unwrap().is_none()
+                && secrets_clones.get_opt(&cold_name).await.unwrap().is_none()
+                && services.get_opt(&cold_name).await.unwrap().is_none()
+                && ingresses.get_opt(&cold_name).await.unwrap().is_none()
+                && cold_pods.items.is_empty())
+            .then_some(())
+        },
+    )
+    .await;
+    let warm_name = format!("clone-{}", warm.clone_id);
+    assert!(services.get_opt(&warm_name).await.unwrap().is_none());
+    assert!(ingresses.get_opt(&warm_name).await.unwrap().is_none());
+    agent.wait_warm(1).await;
+    let left: Vec<String> = services
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    assert!(
+        left.is_empty(),
+        "Services left in the clones namespace: {left:?}"
+    );
+    drop(forward);
 }

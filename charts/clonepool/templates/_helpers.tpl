@@ -11,6 +11,7 @@
 {{- define "clonepool.agent" -}}{{ include "clonepool.fullname" . }}-agent{{- end -}}
 {{- define "clonepool.coordinator" -}}{{ include "clonepool.fullname" . }}-coordinator{{- end -}}
 {{- define "clonepool.agentToken" -}}{{ include "clonepool.fullname" . }}-agent-token{{- end -}}
+{{- define "clonepool.apiToken" -}}{{ .Values.coordinator.apiTokenSecret | default (printf "%s-api-token" (include "clonepool.fullname" .)) }}{{- end -}}
 
 {{- define "clonepool.labels" -}}
 app.kubernetes.io/name: clonepool

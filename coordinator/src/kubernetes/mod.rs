@@ -2,7 +2,7 @@
 //! things the coordinator does through the API server — finding agents
 //! ([`discovery`]), a Service + Ingress per clone ([`routes`]) and cold clones as Deployments
 //! ([`cold`]). Every write is a server-side apply with field manager [`FIELD_MANAGER`]; the RBAC
-//! this needs is `coordinator/kube/rbac-rules.yaml`.
+//! this needs is `charts/clonepool/files/coordinator-rbac-rules.yaml`.
 
 pub mod cold;
 pub mod discovery;
