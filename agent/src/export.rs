@@ -100,11 +100,9 @@ pub async fn export_clone(
     }
     let runtime = pool.runtime();
     pool.with_ready_pod(&req.clone_id, |rec| async move {
-        let host = rec
-            .clone_host
-            .clone()
+        let clone_url = rec
+            .site_url()
             .ok_or_else(|| ExportError::Internal(format!("pod {} has no clone host", rec.id)))?;
-        let clone_url = format!("http://{host}");
         let rewriter = UrlRewriter::new(&clone_url, &req.target_url, RewriteOptions::for_restore())
             .map_err(|e| {
                 ExportError::BadRequest(format!("target_url {:?}: {e}", req.target_url))

@@ -651,15 +651,17 @@ fn finalize_sql(
     )
 }
 
-/// Does the pod side of an import into `pod` (ASSIGNED to the clone at `clone_host`).
+/// Does the pod side of an import into `pod` (ASSIGNED to the clone at `clone_host`, whose
+/// URL is `site_url`).
 pub async fn apply(
     runtime: &dyn ContainerRuntime,
     pod: &PodId,
     clone_id: &CloneId,
     clone_host: &str,
+    site_url: &str,
     spooled: Spooled,
 ) -> Result<ImportResponse, ImportError> {
-    let site_url = format!("http://{clone_host}");
+    let site_url = site_url.to_string();
     let started = std::time::Instant::now();
     let spooled = Arc::new(spooled);
     let rewritten = {
@@ -906,7 +908,8 @@ async fn import_inner(
             .clone_host
             .clone()
             .ok_or_else(|| ImportError::Internal(format!("pod {} has no clone host", rec.id)))?;
-        let resp = apply(runtime.as_ref(), &rec.id, clone, &host, spooled).await?;
+        let site_url = rec.clone_scheme.site_url(&host);
+        let resp = apply(runtime.as_ref(), &rec.id, clone, &host, &site_url, spooled).await?;
         // A repeated claim must answer the imported site's login, not the claim's.
         store
             .set_clone_credentials(

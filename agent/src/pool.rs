@@ -15,7 +15,8 @@ use crate::runtime::{ContainerRuntime, PodInfo, RuntimeError, RuntimeEvent, Runt
 use crate::secrets::{Secret, PASSWORD_LEN};
 use crate::store::{Assignment, ClaimOutcome, Event, PodRecord, Store, StoreError};
 use clonepool_common::agent_api::{
-    Capacity, ClaimPath, ClaimRequest, ClaimResponse, PodCredentials, PodSummary, ReleaseResponse,
+    Capacity, ClaimPath, ClaimRequest, ClaimResponse, CloneScheme, PodCredentials, PodSummary,
+    ReleaseResponse,
 };
 use clonepool_common::ids::{CloneId, NodeName, PodId};
 use clonepool_common::pod::{ContainerRole, PodState};
@@ -578,7 +579,7 @@ impl WarmPool {
         }
         let _clone_guard = self.lock_clone(&req.clone_id).await;
         let result = self
-            .claim_locked(&req.clone_id, &host, req.allow_cold)
+            .claim_locked(&req.clone_id, &host, req.clone_scheme, req.allow_cold)
             .await;
         self.inner.metrics.count_claim(claim_result(&result));
         if let Ok((resp, false)) = &result {
@@ -609,6 +610,7 @@ impl WarmPool {
         &self,
         clone: &CloneId,
         host: &str,
+        scheme: CloneScheme,
         allow_cold: bool,
     ) -> Result<(ClaimResponse, bool), PoolError> {
         let inner = &self.inner;
@@ -626,6 +628,7 @@ impl WarmPool {
             let assignment = Assignment {
                 clone,
                 clone_host: host,
+                clone_scheme: scheme,
                 admin_user: ADMIN_USER,
                 admin_password: &fresh,
             };
@@ -664,7 +667,10 @@ impl WarmPool {
                     if !allow_cold {
                         return Err(PoolError::NoWarmPod(inner.cfg.node.clone()));
                     }
-                    return self.claim_cold(clone, host).await.map(|r| (r, false));
+                    return self
+                        .claim_cold(clone, host, scheme)
+                        .await
+                        .map(|r| (r, false));
                 }
             };
             match self.apply_claim(&rec, clone).await? {
@@ -689,15 +695,13 @@ impl WarmPool {
         clone: &CloneId,
     ) -> Result<Option<ClaimResponse>, PoolError> {
         let inner = &self.inner;
-        let (Some(host), Some(password)) = (rec.clone_host.as_deref(), rec.admin_password.as_ref())
-        else {
+        let (Some(site), Some(password)) = (rec.site_url(), rec.admin_password.as_ref()) else {
             return Err(PoolError::Failed(format!(
                 "pod {} is assigned but its record is incomplete",
                 rec.id
             )));
         };
         let _busy = self.busy(&rec.id);
-        let site = format!("http://{host}");
         match inner.commands.apply_claim(&rec.id, &site, password).await {
             Ok(()) => {
                 let Some(applied) = inner.store.mark_credentials_applied(&rec.id, clone)? else {
@@ -752,7 +756,12 @@ impl WarmPool {
 
     /// The cold path: a pod created on the spot for one clone, if the node has room. It takes a
     /// creation slot (`create_parallelism`) like the pool's creations, ahead of those waiting.
-    async fn claim_cold(&self, clone: &CloneId, host: &str) -> Result<ClaimResponse, PoolError> {
+    async fn claim_cold(
+        &self,
+        clone: &CloneId,
+        host: &str,
+        scheme: CloneScheme,
+    ) -> Result<ClaimResponse, PoolError> {
         let inner = &self.inner;
         let id = new_pod_id();
         let busy = self.busy(&id);
@@ -803,7 +812,7 @@ impl WarmPool {
             .provision_duration
             .observe(started.elapsed().as_secs_f64());
         let password = Secret::generate(PASSWORD_LEN);
-        let site = format!("http://{host}");
+        let site = scheme.site_url(host);
         if let Err(e) = inner.commands.apply_claim(&id, &site, &password).await {
             if let Some(re) = e.runtime_error() {
                 self.runtime_error(re);
@@ -825,6 +834,7 @@ impl WarmPool {
         let assignment = Assignment {
             clone,
             clone_host: host,
+            clone_scheme: scheme,
             admin_user: ADMIN_USER,
             admin_password: &password,
         };

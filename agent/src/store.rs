@@ -2,7 +2,7 @@
 //! SQLite file (WAL). Every state transition and its event are written in one transaction.
 
 use crate::secrets::Secret;
-use clonepool_common::agent_api::{ClaimPath, PodSummary};
+use clonepool_common::agent_api::{ClaimPath, CloneScheme, PodSummary};
 use clonepool_common::ids::{CloneId, NodeName, PodId};
 use clonepool_common::pod::PodState;
 use rusqlite::{params, Connection, OptionalExtension, Row, Transaction, TransactionBehavior};
@@ -21,7 +21,7 @@ pub const EVENT_LOG_CAPACITY: i64 = 1000;
 pub const LOST_PREFIX: &str = "lost: ";
 
 /// 2: `pods.credentials_applied` (two-phase claims).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS pods (
@@ -40,7 +40,8 @@ CREATE TABLE IF NOT EXISTS pods (
     fingerprint     TEXT,
     claim_path      TEXT,
     created_at      TEXT NOT NULL,
-    credentials_applied INTEGER NOT NULL DEFAULT 1
+    credentials_applied INTEGER NOT NULL DEFAULT 1,
+    clone_scheme    TEXT
 );
 CREATE TABLE IF NOT EXISTS events (
     id       INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -117,9 +118,18 @@ pub struct PodRecord {
     /// this false) and applied second; a repeated claim that finds it false applies them again
     /// before answering (the agent stopped in between).
     pub credentials_applied: bool,
+    /// The scheme of the clone's URL (with `clone_host`).
+    pub clone_scheme: CloneScheme,
 }
 
 impl PodRecord {
+    /// `{scheme}://{clone_host}`: WordPress's siteurl/home while the pod serves a clone.
+    pub fn site_url(&self) -> Option<String> {
+        self.clone_host
+            .as_deref()
+            .map(|host| self.clone_scheme.site_url(host))
+    }
+
     pub fn summary(&self, node: &NodeName) -> PodSummary {
         PodSummary {
             pod_id: self.id.clone(),
@@ -148,6 +158,7 @@ pub struct Event {
 pub struct Assignment<'a> {
     pub clone: &'a CloneId,
     pub clone_host: &'a str,
+    pub clone_scheme: CloneScheme,
     pub admin_user: &'a str,
     pub admin_password: &'a Secret,
 }
@@ -182,9 +193,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-const POD_COLUMNS: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, fingerprint, created_at, claim_path, credentials_applied";
+const POD_COLUMNS: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, fingerprint, created_at, claim_path, credentials_applied, clone_scheme";
 /// The same without the (large) fingerprint, for listings.
-const POD_COLUMNS_LIST: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, NULL, created_at, claim_path, credentials_applied";
+const POD_COLUMNS_LIST: &str = "id, state, clone_id, clone_host, admin_user, admin_password, endpoint, since, reason, lost, reset_attempts, reserved_for, NULL, created_at, claim_path, credentials_applied, clone_scheme";
 
 /// Creates `dir` (mode 0700) when missing.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StoreError> {
@@ -270,6 +281,19 @@ impl Store {
                 "ALTER TABLE pods ADD COLUMN credentials_applied INTEGER NOT NULL DEFAULT 1",
             )
             .map_err(unreadable)?;
+        }
+        // Schema 2 → 3: clones of older agents were all http (NULL reads as http).
+        let has_scheme: bool = conn
+            .query_row(
+                "SELECT COUNT(*) FROM pragma_table_info('pods') WHERE name = 'clone_scheme'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map_err(unreadable)?
+            > 0;
+        if !has_scheme {
+            conn.execute_batch("ALTER TABLE pods ADD COLUMN clone_scheme TEXT")
+                .map_err(unreadable)?;
         }
         conn.execute_batch(&format!("PRAGMA user_version = {SCHEMA_VERSION}"))
             .map_err(unreadable)?;
@@ -359,6 +383,10 @@ impl Store {
                 None => None,
             },
             credentials_applied: row.get::<_, i64>(15)? != 0,
+            clone_scheme: match row.get::<_, Option<String>>(16)?.as_deref() {
+                Some("https") => CloneScheme::Https,
+                _ => CloneScheme::Http,
+            },
         }))
     }
 
@@ -535,7 +563,7 @@ impl Store {
             tx.execute(
                 "UPDATE pods SET state = ?2, since = ?3, reason = NULL, endpoint = ?4,
                      fingerprint = COALESCE(?5, fingerprint), clone_id = NULL, clone_host = NULL,
-                     admin_user = NULL, admin_password = NULL, reset_attempts = 0, reserved_for = NULL,
+                     clone_scheme = NULL, admin_user = NULL, admin_password = NULL, reset_attempts = 0, reserved_for = NULL,
                      lost = 0, claim_path = NULL
                  WHERE id = ?1",
                 params![id.as_str(), PodState::Warm.as_str(), now_rfc3339(), endpoint, fingerprint],
@@ -588,7 +616,7 @@ impl Store {
         tx.execute(
             "UPDATE pods SET state = ?2, since = ?3, reason = NULL, clone_id = ?4, clone_host = ?5,
                  admin_user = ?6, admin_password = ?7, reserved_for = NULL, claim_path = ?8,
-                 credentials_applied = ?9
+                 credentials_applied = ?9, clone_scheme = ?10
              WHERE id = ?1",
             params![
                 id.as_str(),
@@ -602,7 +630,8 @@ impl Store {
                     ClaimPath::Warm => "warm",
                     ClaimPath::Cold => "cold",
                 },
-                applied as i64
+                applied as i64,
+                a.clone_scheme.as_str()
             ],
         )
         .map_err(|e| self.sql(e))?;
@@ -726,8 +755,8 @@ impl Store {
             }
             tx.execute(
                 "UPDATE pods SET state = ?2, since = ?3, reason = NULL, clone_id = NULL,
-                     clone_host = NULL, admin_password = NULL, claim_path = NULL,
-                     credentials_applied = 1
+                     clone_host = NULL, clone_scheme = NULL, admin_password = NULL,
+                     claim_path = NULL, credentials_applied = 1
                  WHERE id = ?1",
                 params![id.as_str(), PodState::Resetting.as_str(), now_rfc3339()],
             )
@@ -902,6 +931,7 @@ mod tests {
             .claim(&Assignment {
                 clone: &clone("a"),
                 clone_host: "a.test",
+                clone_scheme: CloneScheme::Http,
                 admin_user: "admin",
                 admin_password: &pw,
             })
@@ -915,6 +945,7 @@ mod tests {
             .claim(&Assignment {
                 clone: &clone("a"),
                 clone_host: "a.test",
+                clone_scheme: CloneScheme::Http,
                 admin_user: "admin",
                 admin_password: &Secret::new("other"),
             })
@@ -930,6 +961,7 @@ mod tests {
             .claim(&Assignment {
                 clone: &clone("b"),
                 clone_host: "b.test",
+                clone_scheme: CloneScheme::Http,
                 admin_user: "admin",
                 admin_password: &pw,
             })
@@ -942,6 +974,7 @@ mod tests {
             s.claim(&Assignment {
                 clone: &clone("c"),
                 clone_host: "c.test",
+                clone_scheme: CloneScheme::Http,
                 admin_user: "admin",
                 admin_password: &pw
             })
@@ -958,6 +991,7 @@ mod tests {
         s.claim(&Assignment {
             clone: &clone("a"),
             clone_host: "a.test",
+            clone_scheme: CloneScheme::Http,
             admin_user: "admin",
             admin_password: &Secret::new("pw"),
         })
@@ -1023,6 +1057,7 @@ mod tests {
             .claim(&Assignment {
                 clone: &clone(c),
                 clone_host: "c.test",
+                clone_scheme: CloneScheme::Http,
                 admin_user: "admin",
                 admin_password: &Secret::new(pw),
             })
@@ -1082,8 +1117,11 @@ mod tests {
         let path = dir.path().join("agent.sqlite");
         {
             let conn = Connection::open(&path).unwrap();
-            let v1 = SCHEMA.replace(",\n    credentials_applied INTEGER NOT NULL DEFAULT 1", "");
+            let v1 = SCHEMA
+                .replace(",\n    credentials_applied INTEGER NOT NULL DEFAULT 1", "")
+                .replace(",\n    clone_scheme    TEXT", "");
             assert!(!v1.contains("credentials_applied"));
+            assert!(!v1.contains("clone_scheme"));
             conn.execute_batch(&v1).unwrap();
             conn.execute_batch(
                 "PRAGMA user_version = 1;
@@ -1098,6 +1136,7 @@ mod tests {
         let rec = s.get(&pod(1)).unwrap().unwrap();
         assert!(rec.credentials_applied);
         assert_eq!(rec.state, PodState::Ready);
+        assert_eq!(rec.site_url().as_deref(), Some("http://old.test"));
         drop(s);
         let s = Store::open(&path).unwrap();
         assert!(s.get(&pod(1)).unwrap().unwrap().credentials_applied);

@@ -72,6 +72,7 @@ async fn bench_reset_claim_and_fill_timings() {
                 .claim(&ClaimRequest {
                     clone_id: clone.parse().unwrap(),
                     clone_host: format!("{clone}.localhost:8080"),
+                    clone_scheme: Default::default(),
                     allow_cold: false,
                 })
                 .await

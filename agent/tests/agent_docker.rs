@@ -16,6 +16,7 @@ fn claim_req(clone: &str) -> ClaimRequest {
     ClaimRequest {
         clone_id: clone.parse().unwrap(),
         clone_host: format!("{clone}.localhost:8080"),
+        clone_scheme: Default::default(),
         allow_cold: false,
     }
 }

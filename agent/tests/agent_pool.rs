@@ -9,7 +9,7 @@ use clonepool_agent::pool::PoolError;
 use clonepool_agent::runtime::fake::{CallKind, RecordedCall};
 use clonepool_agent::runtime::ContainerLimits;
 use clonepool_agent::runtime::{ContainerRuntime, FakeRuntime, PodSpec};
-use clonepool_common::agent_api::{ClaimPath, ClaimRequest};
+use clonepool_common::agent_api::{ClaimPath, ClaimRequest, CloneScheme};
 use clonepool_common::ids::{CloneId, PodId};
 use clonepool_common::pod::{ContainerRole, PodState};
 use std::collections::{BTreeMap, HashSet};
@@ -23,6 +23,7 @@ fn claim_req(clone: &str) -> ClaimRequest {
     ClaimRequest {
         clone_id: clone.parse().unwrap(),
         clone_host: format!("{clone}.localhost:8080"),
+        clone_scheme: Default::default(),
         allow_cold: false,
     }
 }
@@ -57,6 +58,65 @@ async fn the_pool_fills_to_its_warm_target_and_no_further() {
             fake.is_running(&id, ContainerRole::Db) && fake.is_running(&id, ContainerRole::Web)
         );
     }
+    agent.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_clone_behind_a_tls_proxy_gets_https_site_urls_while_the_pod_speaks_http() {
+    let (dir, fake, _world) = setup();
+    let agent = start_agent(&fake, dir.path(), &[]).await;
+    wait_for("2 WARM pods", WAIT, || warm_count(&agent) == 2).await;
+
+    let request = ClaimRequest {
+        clone_scheme: CloneScheme::Https,
+        ..claim_req("secure")
+    };
+    let claim = agent.pool.claim(&request).await.unwrap();
+    assert!(claim.endpoint.starts_with("http://"), "{}", claim.endpoint);
+    let claim_sql: Vec<String> = fake
+        .calls_of(CallKind::Exec)
+        .into_iter()
+        .filter_map(|c| match c {
+            RecordedCall::Exec {
+                pod,
+                stdin: Some(s),
+                ..
+            } if pod == claim.pod_id => Some(String::from_utf8_lossy(&s.0).into_owned()),
+            _ => None,
+        })
+        .filter(|sql| sql.contains("SELECT ROW_COUNT()"))
+        .collect();
+    assert_eq!(claim_sql.len(), 1);
+    assert!(
+        claim_sql[0].contains("'https://secure.localhost:8080'"),
+        "{}",
+        claim_sql[0]
+    );
+    assert!(!claim_sql[0].contains("'http://secure.localhost:8080'"));
+
+    // The scheme is part of the saved claim: a plain claim of another clone stays http.
+    let plain = agent.pool.claim(&claim_req("plain")).await.unwrap();
+    assert_ne!(plain.pod_id, claim.pod_id);
+    let saved = agent
+        .pool
+        .store()
+        .find_by_clone(&"secure".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        saved.site_url().as_deref(),
+        Some("https://secure.localhost:8080")
+    );
+    let saved = agent
+        .pool
+        .store()
+        .find_by_clone(&"plain".parse().unwrap())
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        saved.site_url().as_deref(),
+        Some("http://plain.localhost:8080")
+    );
     agent.shutdown(Duration::from_secs(5)).await;
 }
 
@@ -794,6 +854,7 @@ async fn a_claim_saved_but_not_applied_before_a_crash_is_applied_when_the_clone_
             .claim(&Assignment {
                 clone: &clone,
                 clone_host: "crashy.localhost:8080",
+                clone_scheme: Default::default(),
                 admin_user: "admin",
                 admin_password: &password,
             })

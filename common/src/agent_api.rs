@@ -24,12 +24,52 @@ use serde::{Deserialize, Serialize};
 pub struct ClaimRequest {
     pub clone_id: CloneId,
     /// The host name the clone will be reached under (e.g. `shop.localhost:8080`); WordPress's
-    /// siteurl/home are set to `http://{clone_host}`.
+    /// siteurl/home are set to `{clone_scheme}://{clone_host}`.
     pub clone_host: String,
+    /// `https` when the clone is reached through a proxy that terminates TLS (a Kubernetes
+    /// Ingress with a certificate); the pod itself always speaks plain HTTP.
+    #[serde(default, skip_serializing_if = "CloneScheme::is_http")]
+    pub clone_scheme: CloneScheme,
     /// When true and no warm pod is free, the agent creates one (the cold path) instead of
     /// answering `no_warm_pod`.
     #[serde(default)]
     pub allow_cold: bool,
+}
+
+/// The scheme of a clone's URL.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloneScheme {
+    #[default]
+    Http,
+    Https,
+}
+
+impl CloneScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloneScheme::Http => "http",
+            CloneScheme::Https => "https",
+        }
+    }
+
+    pub fn is_http(&self) -> bool {
+        *self == CloneScheme::Http
+    }
+
+    /// The scheme of `url` (`https://…` → Https; anything else Http).
+    pub fn of_url(url: &str) -> Self {
+        if url.starts_with("https://") {
+            CloneScheme::Https
+        } else {
+            CloneScheme::Http
+        }
+    }
+
+    /// `{scheme}://{host}`.
+    pub fn site_url(self, host: &str) -> String {
+        format!("{}://{host}", self.as_str())
+    }
 }
 
 /// Credentials of a claimed pod's WordPress. Fresh for every claim.

@@ -448,6 +448,8 @@ pub mod fake {
         pub exports: Vec<ExportRequest>,
         /// What capacity reports as pods being reset.
         pub resetting: u32,
+        /// Every claim request received, in order.
+        pub claim_requests: Vec<ClaimRequest>,
     }
 
     pub struct FakeAgent {
@@ -496,6 +498,7 @@ pub mod fake {
             self.with(|s| {
                 s.in_flight -= 1;
                 s.claim_calls += 1;
+                s.claim_requests.push(request.clone());
                 assert!(!s.panic_on_claim, "claim panics as asked");
                 if s.down {
                     return Err(AgentError::Unavailable("connection refused".into()));

@@ -18,7 +18,7 @@ use crate::store::{ClaimOutcome, JobRow, Recovered, Store, StoreError};
 use crate::timestamps::now_ms;
 use crate::wp_site::{PushOptions, SiteClient, SiteRole, WpLogin};
 use async_trait::async_trait;
-use clonepool_common::agent_api::{ExportRequest, ReadyRequest};
+use clonepool_common::agent_api::{CloneScheme, ExportRequest, ReadyRequest};
 use clonepool_common::api::{
     ClonePath, CloneRequest, CloneStatus, JobResult, JobState, JobType, RestoreRequest,
     RestoreResult, RestoreSource, RollbackRequest, RollbackResult,
@@ -323,7 +323,13 @@ impl JobEngine {
         let claimed = loop {
             match self
                 .router
-                .claim(&clone_id, &clone.clone_host, resume, &mut observer)
+                .claim(
+                    &clone_id,
+                    &clone.clone_host,
+                    CloneScheme::of_url(&clone.clone_url),
+                    resume,
+                    &mut observer,
+                )
                 .await
             {
                 Ok(claimed) => break claimed,
@@ -1311,7 +1317,13 @@ mod tests {
         let err = h
             .engine
             .router
-            .claim(&"x".parse().unwrap(), "h", None, &mut observer)
+            .claim(
+                &"x".parse().unwrap(),
+                "h",
+                CloneScheme::Http,
+                None,
+                &mut observer,
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, RouteError::Ambiguous { .. }));

@@ -264,6 +264,7 @@ mod tests {
             .claim(&clonepool_common::agent_api::ClaimRequest {
                 clone_id: name.parse().unwrap(),
                 clone_host: "h".into(),
+                clone_scheme: Default::default(),
                 allow_cold: false,
             })
             .await

@@ -10,7 +10,7 @@ use crate::agent_client::AgentError;
 use crate::config::Placement;
 use crate::registry::{AgentRegistry, AgentView};
 use async_trait::async_trait;
-use clonepool_common::agent_api::{ClaimRequest, ClaimResponse};
+use clonepool_common::agent_api::{ClaimRequest, ClaimResponse, CloneScheme};
 use clonepool_common::ids::CloneId;
 use std::sync::Arc;
 
@@ -189,6 +189,7 @@ impl Router {
         &self,
         clone_id: &CloneId,
         clone_host: &str,
+        clone_scheme: CloneScheme,
         resume: Option<(&str, bool)>,
         observer: &mut dyn ClaimObserver,
     ) -> Result<Claimed, RouteError> {
@@ -205,6 +206,7 @@ impl Router {
         let request = |allow_cold| ClaimRequest {
             clone_id: clone_id.clone(),
             clone_host: clone_host.to_string(),
+            clone_scheme,
             allow_cold,
         };
 
@@ -314,21 +316,53 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_clone_urls_scheme_reaches_the_agent_with_the_host() {
+        let agent = FakeAgent::new("http://a", "node-a", 1, 2);
+        let router = router(&[agent.clone()], Placement::Spread).await;
+        router
+            .claim(
+                &id("c1"),
+                "c1.clones.test",
+                CloneScheme::Https,
+                None,
+                &mut Recorder::default(),
+            )
+            .await
+            .unwrap();
+        let sent = agent.with(|s| s.claim_requests.clone());
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].clone_host, "c1.clones.test");
+        assert_eq!(sent[0].clone_scheme, CloneScheme::Https);
+    }
+
+    #[tokio::test]
     async fn spread_picks_the_agent_with_the_most_warm_pods() {
         let a = FakeAgent::new("http://a", "node-a", 1, 4);
         let b = FakeAgent::new("http://b", "node-b", 3, 4);
         let router = router(&[a.clone(), b.clone()], Placement::Spread).await;
         let mut rec = Recorder::default();
         let claimed = router
-            .claim(&id("c1"), "c1.localhost:8080", None, &mut rec)
+            .claim(
+                &id("c1"),
+                "c1.localhost:8080",
+                CloneScheme::Http,
+                None,
+                &mut rec,
+            )
             .await
             .unwrap();
         assert_eq!(claimed.agent, "http://b");
         assert_eq!(claimed.response.path, ClaimPath::Warm);
         // b now counts 2 warm, still more than a: spread keeps going to b, then evens out.
-        let second = router.claim(&id("c2"), "h", None, &mut rec).await.unwrap();
+        let second = router
+            .claim(&id("c2"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(second.agent, "http://b");
-        let third = router.claim(&id("c3"), "h", None, &mut rec).await.unwrap();
+        let third = router
+            .claim(&id("c3"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(
             third.agent, "http://a",
             "a (1 warm) ties with b (1 warm) and sorts first"
@@ -341,7 +375,10 @@ mod tests {
         let b = FakeAgent::new("http://b", "node-b", 3, 4);
         let router = router(&[a, b], Placement::Pack).await;
         let mut rec = Recorder::default();
-        let claimed = router.claim(&id("c1"), "h", None, &mut rec).await.unwrap();
+        let claimed = router
+            .claim(&id("c1"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(claimed.agent, "http://a");
     }
 
@@ -353,7 +390,10 @@ mod tests {
         // a's report says 3 warm, but they are gone by the time we ask.
         a.with(|s| s.warm = 0);
         let mut rec = Recorder::default();
-        let claimed = router.claim(&id("c1"), "h", None, &mut rec).await.unwrap();
+        let claimed = router
+            .claim(&id("c1"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(claimed.agent, "http://b");
         assert_eq!(claimed.response.path, ClaimPath::Warm);
         assert_eq!(rec.refused, vec!["http://a".to_string()]);
@@ -366,7 +406,10 @@ mod tests {
         a.with(|s| s.runtime_unreachable = true);
         let router = router(&[a.clone(), b.clone()], Placement::Spread).await;
         let mut rec = Recorder::default();
-        let claimed = router.claim(&id("c1"), "h", None, &mut rec).await.unwrap();
+        let claimed = router
+            .claim(&id("c1"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(claimed.agent, "http://b");
         assert_eq!(rec.asked, vec![("http://b".to_string(), false)]);
     }
@@ -377,7 +420,10 @@ mod tests {
         let b = FakeAgent::new("http://b", "node-b", 0, 3);
         let router = router(&[a.clone(), b.clone()], Placement::Spread).await;
         let mut rec = Recorder::default();
-        let claimed = router.claim(&id("c1"), "h", None, &mut rec).await.unwrap();
+        let claimed = router
+            .claim(&id("c1"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(claimed.agent, "http://b", "b has the most room");
         assert_eq!(claimed.response.path, ClaimPath::Cold);
         assert_eq!(rec.asked, vec![("http://b".to_string(), true)]);
@@ -388,7 +434,13 @@ mod tests {
         let a = FakeAgent::new("http://a", "node-a", 0, 0);
         let router = router(&[a], Placement::Spread).await;
         let err = router
-            .claim(&id("c1"), "h", None, &mut Recorder::default())
+            .claim(
+                &id("c1"),
+                "h",
+                CloneScheme::Http,
+                None,
+                &mut Recorder::default(),
+            )
             .await
             .unwrap_err();
         assert!(matches!(err, RouteError::NoCapacity(_)), "{err}");
@@ -406,7 +458,13 @@ mod tests {
             Placement::Spread,
         );
         let err = stale
-            .claim(&id("c1"), "h", None, &mut Recorder::default())
+            .claim(
+                &id("c1"),
+                "h",
+                CloneScheme::Http,
+                None,
+                &mut Recorder::default(),
+            )
             .await
             .unwrap_err();
         assert_eq!(err, RouteError::NoAgentUp);
@@ -421,12 +479,18 @@ mod tests {
         a.with(|s| s.lose_claim_answers = 1);
         let mut rec = Recorder::default();
         let err = router
-            .claim(&id("c1"), "h", None, &mut rec)
+            .claim(&id("c1"), "h", CloneScheme::Http, None, &mut rec)
             .await
             .unwrap_err();
         assert!(matches!(err, RouteError::Ambiguous { .. }), "{err}");
         let claimed = router
-            .claim(&id("c1"), "h", Some(("http://a", false)), &mut rec)
+            .claim(
+                &id("c1"),
+                "h",
+                CloneScheme::Http,
+                Some(("http://a", false)),
+                &mut rec,
+            )
             .await
             .unwrap();
         assert_eq!(a.with(|s| s.claims.len()), 1, "one pod, not two");
@@ -446,10 +510,16 @@ mod tests {
         let router = Router::new(registry, Placement::Spread)
             .with_cold_provisioner("kubernetes://clones/cold");
         let mut rec = Recorder::default();
-        let first = router.claim(&id("c1"), "h", None, &mut rec).await.unwrap();
+        let first = router
+            .claim(&id("c1"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(first.agent, "http://a");
         assert_eq!(first.response.path, ClaimPath::Warm);
-        let second = router.claim(&id("c2"), "h", None, &mut rec).await.unwrap();
+        let second = router
+            .claim(&id("c2"), "h", CloneScheme::Http, None, &mut rec)
+            .await
+            .unwrap();
         assert_eq!(second.agent, "kubernetes://clones/cold");
         assert_eq!(second.response.path, ClaimPath::Cold);
         assert_eq!(

@@ -862,6 +862,7 @@ async fn a_cold_claim_is_idempotent_per_clone_bounded_by_the_limit_and_a_release
     let claim = |clone: &str, allow_cold: bool| ClaimRequest {
         clone_id: clone.parse().unwrap(),
         clone_host: format!("{clone}.{BASE_DOMAIN}"),
+        clone_scheme: Default::default(),
         allow_cold,
     };
 

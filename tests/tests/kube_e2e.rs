@@ -33,6 +33,10 @@ const FILL: Duration = Duration::from_secs(240);
 /// figures would measure the contention.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+/// The clones' Ingress TLS Secret in the in-cluster coordinator test (named, not served: no
+/// ingress controller runs here).
+const TLS_SECRET: &str = "clones-wildcard-tls";
+
 fn kubeconfig() -> PathBuf {
     std::env::var_os("CLONEPOOL_KUBECONFIG")
         .map(PathBuf::from)
@@ -915,8 +919,9 @@ where
     }
 }
 
-/// The clone's WordPress through its Service (the Ingress's backend) with the clone's Host:
-/// the home page names the clone's URL and the admin logs in with the job's password.
+/// The clone's WordPress through its Service (the Ingress's backend) as an ingress controller
+/// that terminates TLS would ask (the clone's Host, `X-Forwarded-Proto: https`): the home page
+/// names the clone's https URL and the admin logs in with the job's password.
 async fn clone_serves_through_its_service(
     services: &Api<k8s_openapi::api::core::v1::Service>,
     ingresses: &Api<k8s_openapi::api::networking::v1::Ingress>,
@@ -925,11 +930,15 @@ async fn clone_serves_through_its_service(
     let name = format!("clone-{}", result.clone_id);
     let host = result
         .clone_url
-        .strip_prefix("http://")
-        .expect("clone URLs are http:// without an Ingress TLS secret")
+        .strip_prefix("https://")
+        .expect("clone URLs are https:// with an Ingress TLS secret")
         .to_string();
     let ingress = ingresses.get(&name).await.expect("the clone's Ingress");
-    let rule = &ingress.spec.unwrap().rules.unwrap()[0];
+    let spec = ingress.spec.unwrap();
+    let tls = &spec.tls.as_ref().expect("a TLS section")[0];
+    assert_eq!(tls.secret_name.as_deref(), Some(TLS_SECRET));
+    assert_eq!(tls.hosts.as_deref(), Some(&[host.clone()][..]));
+    let rule = &spec.rules.unwrap()[0];
     assert_eq!(rule.host.as_deref(), Some(host.as_str()));
     let backend = rule.http.as_ref().unwrap().paths[0]
         .backend
@@ -948,7 +957,12 @@ async fn clone_serves_through_its_service(
         &format!("{host} answers through its Service"),
         Duration::from_secs(60),
         || async {
-            let response = match site.get(format!("http://{host}/")).send().await {
+            let response = match site
+                .get(format!("http://{host}/"))
+                .header("x-forwarded-proto", "https")
+                .send()
+                .await
+            {
                 Ok(response) => response,
                 Err(err) => {
                     eprintln!("{host} through {cluster_ip}: {err}");
@@ -964,11 +978,16 @@ async fn clone_serves_through_its_service(
     )
     .await;
     assert!(
-        body.contains(&format!("http://{host}")),
-        "the page links the clone's own host"
+        body.contains(&format!("https://{host}/")),
+        "the page links the clone's own https URL"
+    );
+    assert!(
+        !body.contains(&format!("http://{host}")),
+        "no plain-http link to the clone (mixed content)"
     );
     let login = site
         .post(format!("http://{host}/wp-login.php"))
+        .header("x-forwarded-proto", "https")
         .header("cookie", "wordpress_test_cookie=WP%20Cookie%20check")
         .form(&[
             ("log", result.username.as_str()),
@@ -985,7 +1004,10 @@ async fn clone_serves_through_its_service(
         .unwrap_or_default()
         .to_string();
     assert_eq!(login.status().as_u16(), 302, "admin login to {host}");
-    assert!(location.contains("wp-admin"), "login went to {location:?}");
+    assert!(
+        location.starts_with(&format!("https://{host}/wp-admin")),
+        "login went to {location:?}"
+    );
 }
 
 #[tokio::test]
@@ -1035,6 +1057,8 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         "coordinator.sourceImport=false".to_string(),
         "coordinator.urlAllowHosts[0]=source.test".to_string(),
         "coordinator.cold.cpuMillis=500".to_string(),
+        // Clones behind a TLS-terminating Ingress: https URLs, plain HTTP to the Pods.
+        format!("clones.tlsSecret={TLS_SECRET}"),
         "coordinator.extraEnv[0].name=CLONEPOOL_TTL_MINUTE_MS".to_string(),
         "coordinator.extraEnv[0].value=4000".to_string(),
     ];
@@ -1211,7 +1235,7 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         assert_eq!(result.node, node);
         assert_eq!(
             result.clone_url,
-            format!("http://{}.clones.example.test", result.clone_id)
+            format!("https://{}.clones.example.test", result.clone_id)
         );
         warm_times.push(took);
         clone_serves_through_its_service(&services, &ingresses, &result).await;
