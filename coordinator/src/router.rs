@@ -318,7 +318,7 @@ mod tests {
     #[tokio::test]
     async fn the_clone_urls_scheme_reaches_the_agent_with_the_host() {
         let agent = FakeAgent::new("http://a", "node-a", 1, 2);
-        let router = router(&[agent.clone()], Placement::Spread).await;
+        let router = router(std::slice::from_ref(&agent), Placement::Spread).await;
         router
             .claim(
                 &id("c1"),
