@@ -190,7 +190,16 @@ async fn start_inner(
     private_files::ensure_private_dir(&config.data_dir)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let mut tasks = Vec::new();
-    let cold = kube.as_ref().map(|k| {
+    // A cold Deployment cannot take a source site's import yet: with source import on, a job
+    // routed there would make a Deployment only to fail. Jobs wait for a warm pod instead (or
+    // fail `no_capacity` saying why).
+    if kube.is_some() && config.source_import {
+        tracing::warn!(
+            "cold clones (Deployments) are off: they cannot import a source site yet; \
+             with --source-import=false clones are fresh sites and go cold when no warm pod is free"
+        );
+    }
+    let cold = kube.as_ref().filter(|_| !config.source_import).map(|k| {
         Arc::new(kubernetes::cold::ColdProvisioner::new(
             k.client.clone(),
             k.settings.clone(),
@@ -228,13 +237,15 @@ async fn start_inner(
         }
     }
     let _ = tokio::time::timeout(Duration::from_secs(3), registry.poll_all()).await;
-    let exposure: Option<Arc<dyn CloneExposure>> = match (&kube, &cold) {
-        (Some(k), Some(cold)) => Some(Arc::new(
-            kubernetes::routes::KubeRoutes::new(k.client.clone(), k.settings.clone())
-                .skipping(cold.url()),
-        )),
-        _ => None,
-    };
+    let exposure: Option<Arc<dyn CloneExposure>> = kube.as_ref().map(|k| {
+        let routes = kubernetes::routes::KubeRoutes::new(k.client.clone(), k.settings.clone());
+        // Cold clones' Deployments come with their own Service and Ingress.
+        let routes = match &cold {
+            Some(cold) => routes.skipping(cold.url()),
+            None => routes,
+        };
+        Arc::new(routes) as Arc<dyn CloneExposure>
+    });
 
     let api_listener = bind("API", config.listen).await?;
     let admin_listener = bind("admin", config.admin_listen).await?;
