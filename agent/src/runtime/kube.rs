@@ -396,10 +396,10 @@ impl KubeRuntime {
     /// would take resets, which nearly all feed stdin, through the API server, which the CRI
     /// path exists to avoid; so such commands use the CRI's own streaming `Exec`, which hands
     /// back a one-time URL on the runtime's streaming server (node loopback) spoken to with the
-    /// remote-command WebSocket protocol. Runtimes that only speak its v4 (cri-dockerd, and
-    /// containerd at the time of writing) cannot signal the end of stdin, so the command runs
-    /// behind `head -c <length>`, which ends the input after exactly the bytes sent; the length
-    /// is no secret. Every such command counts as `cri`: it never leaves the node's runtime.
+    /// remote-command WebSocket protocol. Runtimes that only speak its v4 (cri-dockerd, for one)
+    /// cannot signal the end of stdin, so the command first takes exactly the input's length
+    /// (no secret) of bytes, see [`CRI_STDIN_SCRIPT`]. Every such command counts as `cri`: it
+    /// never leaves the node.
     async fn exec_cri(
         &self,
         pod: &PodId,
@@ -988,14 +988,32 @@ fn wrapped_command(request: &ExecRequest, via: &str) -> Result<Vec<String>, Runt
     Ok(cmd)
 }
 
-/// The command of a CRI streaming exec with `len` bytes of standard input: the command reads
-/// exactly those bytes and then end of input (`head -c`), as the streaming protocol may have
-/// no way to close stdin. Inside the timeout, so `timeout` kills `head` too.
+/// Input at most this long is staged in `/dev/shm` (RAM, 64 MiB by default); longer in the
+/// container's temporary directory.
+const CRI_STDIN_SHM_MAX: usize = 16 << 20;
+
+/// What a CRI streaming exec with input runs before the command (`$0` the input's length,
+/// `"$@"` the command): the input is read up to exactly its length (`head -c`: the streaming
+/// protocol may have no way to say where it ends) into a private temporary file, which is
+/// opened and removed at once, then the shell replaces itself with the command reading it. So
+/// the command runs with the same process tree as on the other paths (its parent is `timeout`:
+/// the reset scripts kill every process they do not expect, and the fingerprint lists them).
+/// Exit status 125 when the input could not be staged.
+const CRI_STDIN_SCRIPT: &str = r#"d=/dev/shm
+{ [ "$0" -le CRI_STDIN_SHM_MAX ] && [ -d "$d" ] && [ -w "$d" ]; } || d=${TMPDIR:-/tmp}
+f=$(umask 077 && mktemp "$d/.clonepool-stdin.XXXXXX") || exit 125
+head -c "$0" > "$f" || { rm -f "$f"; exit 125; }
+exec 3< "$f" || exit 125
+rm -f "$f"
+exec "$@" <&3 3<&-"#;
+
+/// The command of a CRI streaming exec with `len` bytes of standard input (see
+/// [`CRI_STDIN_SCRIPT`]), inside the timeout like every other command.
 fn cri_stdin_command(request: &ExecRequest, len: usize) -> Result<Vec<String>, RuntimeError> {
     let mut inner = request.clone();
-    inner.cmd = ["sh", "-c", "head -c \"$0\" | \"$@\""]
+    let script = CRI_STDIN_SCRIPT.replace("CRI_STDIN_SHM_MAX", &CRI_STDIN_SHM_MAX.to_string());
+    inner.cmd = ["sh".to_string(), "-c".to_string(), script]
         .into_iter()
-        .map(String::from)
         .chain([len.to_string()])
         .chain(request.cmd.iter().cloned())
         .collect();
@@ -1938,27 +1956,19 @@ mod tests {
 
     #[test]
     fn cri_execs_with_input_read_exactly_its_length_inside_the_timeout() {
-        let request = ExecRequest::new(["clonepool-db-setup"])
+        let request = ExecRequest::new(["clonepool-db-setup", "--quiet"])
             .stdin("secret\n")
             .timeout(Duration::from_secs(60))
             .env("A=1");
         let cmd = cri_stdin_command(&request, 7).unwrap();
         assert_eq!(
-            cmd,
-            [
-                "env",
-                "A=1",
-                "timeout",
-                "-s",
-                "KILL",
-                "60.000",
-                "sh",
-                "-c",
-                "head -c \"$0\" | \"$@\"",
-                "7",
-                "clonepool-db-setup"
-            ]
+            cmd[..8],
+            ["env", "A=1", "timeout", "-s", "KILL", "60.000", "sh", "-c"]
         );
+        assert!(cmd[8].contains("head -c \"$0\""), "{}", cmd[8]);
+        assert!(cmd[8].contains("-le 16777216"), "{}", cmd[8]);
+        assert!(cmd[8].ends_with("exec \"$@\" <&3 3<&-"), "{}", cmd[8]);
+        assert_eq!(cmd[9..], ["7", "clonepool-db-setup", "--quiet"]);
         assert!(
             !cmd.iter().any(|arg| arg.contains("secret")),
             "the input stays out of argv"
