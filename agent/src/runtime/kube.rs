@@ -424,14 +424,13 @@ impl KubeRuntime {
                     let deadline = request
                         .timeout
                         .saturating_add(docker_calls::EXEC_CLIENT_GRACE);
-                    match cri.exec_sync(&id, cmd.clone(), deadline).await {
-                        Ok(answer) => Ok(ExecOutput {
+                    cri.exec_sync(&id, cmd.clone(), deadline)
+                        .await
+                        .map(|answer| ExecOutput {
                             exit_code: i64::from(answer.exit_code),
                             stdout: answer.stdout,
                             stderr: answer.stderr,
-                        }),
-                        Err(err) => Err(err),
-                    }
+                        })
                 }
                 Some(input) => match cri.exec_url(&id, cmd.clone()).await {
                     Ok(url) => {
