@@ -552,7 +552,7 @@ async fn exec_through_the_runtime_the_api_server_and_the_cri_gives_the_same_answ
                 ExecRequest::new([
                     "sh",
                     "-c",
-                    "ls -A /dev/shm /tmp | grep -c clonepool-stdin || true",
+                    "ls -A /run /dev/shm /tmp | grep -c clonepool-stdin || true",
                 ]),
             )
             .await

@@ -987,22 +987,20 @@ fn wrapped_command(request: &ExecRequest, via: &str) -> Result<Vec<String>, Runt
     Ok(cmd)
 }
 
-/// Input at most this long is staged in `/dev/shm` (RAM, 64 MiB by default); longer in the
-/// container's temporary directory.
-const CRI_STDIN_SHM_MAX: usize = 16 << 20;
-
 /// What a CRI streaming exec with input runs before the command (`$0` the input's length,
 /// `"$@"` the command): the input is read up to exactly its length (`head -c`: the streaming
 /// protocol may have no way to say where it ends) into a private temporary file, which is
 /// opened and removed at once, then the shell replaces itself with the command reading it. So
 /// the command runs with the same process tree as on the other paths (its parent is `timeout`:
 /// the reset scripts kill every process they do not expect, and the fingerprint lists them).
+/// The file goes to the container's own `/run`: not `/dev/shm`, which a Pod's containers share
+/// (the other container's fingerprint would see it), nor any directory the fingerprint lists.
 /// Exit status 125 when the input could not be staged.
-const CRI_STDIN_SCRIPT: &str = r#"d=/dev/shm
-{ [ "$0" -le CRI_STDIN_SHM_MAX ] && [ -d "$d" ] && [ -w "$d" ]; } || d=${TMPDIR:-/tmp}
+const CRI_STDIN_SCRIPT: &str = r#"d=/run
+[ -d "$d" ] && [ -w "$d" ] || d=${TMPDIR:-/tmp}
 f=$(umask 077 && mktemp "$d/.clonepool-stdin.XXXXXX") || exit 125
 head -c "$0" > "$f" || { rm -f "$f"; exit 125; }
-exec 3< "$f" || exit 125
+exec 3< "$f" || { rm -f "$f"; exit 125; }
 rm -f "$f"
 exec "$@" <&3 3<&-"#;
 
@@ -1010,12 +1008,15 @@ exec "$@" <&3 3<&-"#;
 /// [`CRI_STDIN_SCRIPT`]), inside the timeout like every other command.
 fn cri_stdin_command(request: &ExecRequest, len: usize) -> Result<Vec<String>, RuntimeError> {
     let mut inner = request.clone();
-    let script = CRI_STDIN_SCRIPT.replace("CRI_STDIN_SHM_MAX", &CRI_STDIN_SHM_MAX.to_string());
-    inner.cmd = ["sh".to_string(), "-c".to_string(), script]
-        .into_iter()
-        .chain([len.to_string()])
-        .chain(request.cmd.iter().cloned())
-        .collect();
+    inner.cmd = [
+        "sh".to_string(),
+        "-c".to_string(),
+        CRI_STDIN_SCRIPT.to_string(),
+    ]
+    .into_iter()
+    .chain([len.to_string()])
+    .chain(request.cmd.iter().cloned())
+    .collect();
     wrapped_command(&inner, "CRI")
 }
 
@@ -1965,7 +1966,6 @@ mod tests {
             ["env", "A=1", "timeout", "-s", "KILL", "60.000", "sh", "-c"]
         );
         assert!(cmd[8].contains("head -c \"$0\""), "{}", cmd[8]);
-        assert!(cmd[8].contains("-le 16777216"), "{}", cmd[8]);
         assert!(cmd[8].ends_with("exec \"$@\" <&3 3<&-"), "{}", cmd[8]);
         assert_eq!(cmd[9..], ["7", "clonepool-db-setup", "--quiet"]);
         assert!(
