@@ -167,10 +167,19 @@ pub struct RawConfig {
         default_value = "clonepool-clones"
     )]
     pub kube_namespace: String,
-    /// How commands reach the pods' containers: runtime (the node's Docker Engine, directly) or
-    /// apiserver (the API server's pods/exec; kubernetes backend only, to compare).
+    /// How commands reach the pods' containers: runtime (the node's Docker Engine, directly),
+    /// apiserver (the API server's pods/exec; kubernetes backend only, to compare) or cri (the
+    /// kubelet's CRI runtime socket, --cri-socket; kubernetes backend only, containerd nodes).
     #[arg(long, env = "CLONEPOOL_EXEC_PATH", default_value = "runtime")]
     pub exec_path: String,
+    /// The kubelet's CRI runtime socket (exec path cri): containerd's by default, or e.g.
+    /// cri-dockerd's /run/cri-dockerd.sock.
+    #[arg(
+        long,
+        env = "CLONEPOOL_CRI_SOCKET",
+        default_value = crate::runtime::kube::DEFAULT_CRI_SOCKET
+    )]
+    pub cri_socket: PathBuf,
     /// Namespace of the node Lease `clonepool-agent-<node>` the agent holds while it runs, so
     /// that one agent at a time manages a node (kubernetes backend); empty: no Lease.
     #[arg(long, env = "CLONEPOOL_KUBE_LEASE_NAMESPACE", default_value = "")]
@@ -255,6 +264,8 @@ pub struct AgentConfig {
     pub backend: Backend,
     pub kube_namespace: String,
     pub exec_path: ExecPath,
+    /// The CRI runtime socket, when the exec path is cri.
+    pub cri_socket: Option<PathBuf>,
     pub kube_requests_percent: u32,
     /// Namespace of the node Lease (kubernetes backend), when one is held.
     pub kube_lease_namespace: Option<String>,
@@ -381,8 +392,26 @@ impl AgentConfig {
                 None
             }
         };
-        if backend == Some(Backend::Docker) && exec_path == Some(ExecPath::ApiServer) {
-            p.push("exec-path apiserver needs --backend kubernetes".into());
+        if backend == Some(Backend::Docker)
+            && matches!(exec_path, Some(ExecPath::ApiServer | ExecPath::Cri))
+        {
+            p.push(format!(
+                "exec-path {} needs --backend kubernetes",
+                raw.exec_path
+            ));
+        }
+        let cri_socket = (backend == Some(Backend::Kubernetes) && exec_path == Some(ExecPath::Cri))
+            .then(|| raw.cri_socket.clone());
+        if let Some(socket) = &cri_socket {
+            use std::os::unix::fs::FileTypeExt;
+            match std::fs::metadata(socket) {
+                Ok(meta) if meta.file_type().is_socket() => {}
+                Ok(_) => p.push(format!("cri-socket {} is not a socket", socket.display())),
+                Err(e) => p.push(format!(
+                    "cri-socket {}: {e} (the kubelet's CRI runtime socket: containerd's, or cri-dockerd's)",
+                    socket.display()
+                )),
+            }
         }
         if backend == Some(Backend::Kubernetes) && raw.kube_namespace.parse::<NodeName>().is_err() {
             p.push(format!(
@@ -523,6 +552,7 @@ impl AgentConfig {
             backend: backend.expect("validated"),
             kube_namespace: raw.kube_namespace,
             exec_path: exec_path.expect("validated"),
+            cri_socket,
             kube_requests_percent: kube_requests_percent.expect("validated"),
             kube_lease_namespace,
             kube_pod_name,
@@ -562,6 +592,7 @@ impl AgentConfig {
             exec_path: self.exec_path,
             requests_percent: self.kube_requests_percent,
             docker_socket: self.docker_socket.clone(),
+            cri_socket: self.cri_socket.clone(),
         }
     }
 
@@ -768,12 +799,47 @@ mod tests {
         for needle in ["kube-namespace", "exec-path", "kube-requests-percent"] {
             assert!(text.contains(needle), "{needle} missing from: {text}");
         }
-        // The API server's exec exists only in Kubernetes.
-        let err = AgentConfig::from_raw(raw(&["--exec-path", "apiserver"])).unwrap_err();
-        assert!(
-            err.to_string().contains("needs --backend kubernetes"),
-            "{err}"
+        // The API server's exec and the CRI exist only in Kubernetes.
+        for path in ["apiserver", "cri"] {
+            let err = AgentConfig::from_raw(raw(&["--exec-path", path])).unwrap_err();
+            assert!(
+                err.to_string().contains("needs --backend kubernetes"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_cri_exec_path_takes_an_existing_runtime_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("containerd.sock");
+        let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let kube = |extra: &[&str]| {
+            let mut args = vec!["--backend", "kubernetes", "--exec-path", "cri"];
+            args.extend_from_slice(extra);
+            AgentConfig::from_raw(raw(&args))
+        };
+        let c = kube(&["--cri-socket", socket.to_str().unwrap()]).unwrap();
+        assert_eq!(c.exec_path, ExecPath::Cri);
+        assert_eq!(
+            c.kube_settings().cri_socket.as_deref(),
+            Some(socket.as_path())
         );
+        // Other exec paths carry no socket.
+        let runtime = AgentConfig::from_raw(raw(&["--backend", "kubernetes"])).unwrap();
+        assert_eq!(runtime.kube_settings().cri_socket, None);
+
+        let missing = dir.path().join("missing.sock");
+        let err = kube(&["--cri-socket", missing.to_str().unwrap()]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("cri-socket") && text.contains("missing.sock"),
+            "{text}"
+        );
+        let file = dir.path().join("plain-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = kube(&["--cri-socket", file.to_str().unwrap()]).unwrap_err();
+        assert!(err.to_string().contains("is not a socket"), "{err}");
     }
 
     #[test]

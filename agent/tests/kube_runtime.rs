@@ -3,25 +3,43 @@
 //! image (env `CLONEPOOL_IMAGE`, loaded into the node's Docker Engine). Each test works in its own
 //! namespace, deleted at the end also when it fails. Without a cluster the tests say so and pass,
 //! unless `CLONEPOOL_KUBE_REQUIRED` is set.
+//!
+//! The CRI exec path talks to the kubelet's runtime socket: the cluster's dockershim at
+//! /var/lib/clonepool-kube/run/dockershim.sock, or `CLONEPOOL_CRI_SOCKET`.
 
 use bollard::query_parameters::{KillContainerOptions, ListContainersOptions};
 use bollard::Docker;
+use clap::Parser;
+use clonepool_agent::app;
+use clonepool_agent::config::{AgentConfig, RawConfig};
+use clonepool_agent::provision::HttpSiteProbe;
+use clonepool_agent::runtime::cri::CriClient;
 use clonepool_agent::runtime::kube::{KubeRuntime, KubeSettings, ANNOTATION_CONTAINER};
 use clonepool_agent::runtime::{
     archive_from_bytes, collect_archive, ContainerLimits, ContainerRuntime, ExecCounter,
     ExecOutput, ExecPath, ExecRequest, PodInfo, PodSpec, RuntimeError, RuntimeEventKind,
 };
+use clonepool_common::agent_api::ClaimRequest;
 use clonepool_common::ids::{NodeName, PodId};
-use clonepool_common::pod::ContainerRole;
+use clonepool_common::pod::{ContainerRole, PodState};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 const DEFAULT_KUBECONFIG: &str = "/var/lib/clonepool-kube/admin.kubeconfig";
+/// The kubelet's CRI runtime socket of `scripts/kube-up`'s cluster.
+const DEFAULT_CRI_SOCKET: &str = "/var/lib/clonepool-kube/run/dockershim.sock";
+
+fn cri_socket() -> PathBuf {
+    std::env::var_os("CLONEPOOL_CRI_SOCKET")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_CRI_SOCKET))
+}
 
 fn image() -> String {
     std::env::var("CLONEPOOL_IMAGE").unwrap_or_else(|_| {
@@ -182,17 +200,34 @@ impl Setup {
     }
 
     fn runtime(&self, exec_path: ExecPath) -> KubeRuntime {
+        self.runtime_in(&self.ns.name, exec_path)
+    }
+
+    fn runtime_in(&self, namespace: &str, exec_path: ExecPath) -> KubeRuntime {
         KubeRuntime::new(
             self.client.clone(),
             self.docker.clone(),
             KubeSettings {
-                namespace: self.ns.name.clone(),
+                namespace: namespace.to_string(),
                 node: self.node.clone(),
                 exec_path,
                 requests_percent: 10,
                 docker_socket: None,
+                cri_socket: Some(cri_socket()),
             },
         )
+    }
+
+    /// A runtime on `exec_path`, connected to the CRI runtime socket when that is the path.
+    async fn connected_in(&self, namespace: &str, exec_path: ExecPath) -> KubeRuntime {
+        let rt = self.runtime_in(namespace, exec_path);
+        if exec_path != ExecPath::Cri {
+            return rt;
+        }
+        let cri = CriClient::connect(&cri_socket())
+            .await
+            .unwrap_or_else(|e| panic!("the kubelet's CRI runtime socket answers: {e}"));
+        rt.with_cri(cri)
     }
 
     fn spec(&self, pod: &PodId) -> PodSpec {
@@ -359,7 +394,7 @@ async fn a_pod_comes_up_through_the_api_server_on_the_node_and_wordpress_answers
 
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
-async fn exec_through_the_runtime_and_through_the_api_server_gives_the_same_answers() {
+async fn exec_through_the_runtime_the_api_server_and_the_cri_gives_the_same_answers() {
     let Some(setup) = Setup::new().await else {
         return;
     };
@@ -369,6 +404,10 @@ async fn exec_through_the_runtime_and_through_the_api_server_gives_the_same_answ
         .with_exec_counter(counter.clone());
     let via_api = setup
         .runtime(ExecPath::ApiServer)
+        .with_exec_counter(counter.clone());
+    let via_cri = setup
+        .connected_in(&setup.ns.name, ExecPath::Cri)
+        .await
         .with_exec_counter(counter.clone());
     let info = setup.running_pod(&direct).await;
     let pod = &info.pod_id;
@@ -380,7 +419,11 @@ async fn exec_through_the_runtime_and_through_the_api_server_gives_the_same_answ
     ])
     .stdin("hello\n");
     let mut timings = Vec::new();
-    for (name, rt) in [("runtime", &direct), ("apiserver", &via_api)] {
+    for (name, rt) in [
+        ("runtime", &direct),
+        ("apiserver", &via_api),
+        ("cri", &via_cri),
+    ] {
         let output = rt
             .exec(pod, ContainerRole::Web, script.clone())
             .await
@@ -388,6 +431,29 @@ async fn exec_through_the_runtime_and_through_the_api_server_gives_the_same_answ
         assert_eq!(output.exit_code, 3, "{name}");
         assert_eq!(output.stdout_str(), "out:hello\n", "{name}");
         assert_eq!(output.stderr_str(), "err\n", "{name}");
+
+        // Without input (the CRI's ExecSync): output, a failing exit code and its stderr.
+        let failing = rt
+            .exec(
+                pod,
+                ContainerRole::Web,
+                ExecRequest::new(["sh", "-c", "echo partial; ls /no/such/dir"]),
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(failing.exit_code, 2, "{name}");
+        assert_eq!(failing.stdout_str(), "partial\n", "{name}");
+        assert!(
+            failing.stderr_str().contains("/no/such/dir"),
+            "{name}: {:?}",
+            failing.stderr_str()
+        );
+        // Working directory and environment reach the command.
+        let mut in_dir =
+            ExecRequest::new(["sh", "-c", "echo \"$PWD $GREETING\""]).env("GREETING=hi");
+        in_dir.workdir = Some("/etc".to_string());
+        let in_dir = rt.exec(pod, ContainerRole::Db, in_dir).await.unwrap();
+        assert_eq!(in_dir.stdout_str(), "/etc hi\n", "{name}");
 
         // Bigger than the streams' buffers, both ways.
         let big = "x".repeat(300_000);
@@ -416,6 +482,36 @@ async fn exec_through_the_runtime_and_through_the_api_server_gives_the_same_answ
             "{name}: {err}"
         );
         assert!(started.elapsed() < Duration::from_secs(10), "{name}");
+        // With input too, and the sleep is gone afterwards.
+        let started = Instant::now();
+        let err = rt
+            .exec(
+                pod,
+                ContainerRole::Web,
+                ExecRequest::new(["sh", "-c", "cat >/dev/null; exec sleep 31"])
+                    .stdin("x")
+                    .timeout(Duration::from_secs(1)),
+            )
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::ExecTimeout { .. }),
+            "{name}: {err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10), "{name}");
+        let left = direct
+            .exec(
+                pod,
+                ContainerRole::Web,
+                ExecRequest::new(["sh", "-c", "ps -eo args | grep -c '^sleep 3[01]' || true"]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            left.stdout_str().trim(),
+            "0",
+            "{name}: a sleep outlived its timeout"
+        );
 
         let mut samples = Vec::new();
         for _ in 0..10 {
@@ -429,11 +525,204 @@ async fn exec_through_the_runtime_and_through_the_api_server_gives_the_same_answ
             samples.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         samples.sort_by(|a, b| a.partial_cmp(b).unwrap());
-        timings.push(format!("{name}: exec `true` median {:.1} ms", samples[5]));
+        let mut with_input = Vec::new();
+        for _ in 0..10 {
+            let t = Instant::now();
+            assert_ok(
+                name,
+                &rt.exec(pod, ContainerRole::Db, ExecRequest::new(["cat"]).stdin("x"))
+                    .await
+                    .unwrap(),
+            );
+            with_input.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        with_input.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        timings.push(format!(
+            "{name}: exec `true` median {:.1} ms, `cat` with input median {:.1} ms",
+            samples[5], with_input[5]
+        ));
     }
     eprintln!("{}", timings.join("; "));
-    assert_eq!(counter.get(ExecPath::Runtime), 13);
-    assert_eq!(counter.get(ExecPath::ApiServer), 13);
+    // The CRI path staged its input in private files, removed before the commands ran.
+    for role in [ContainerRole::Db, ContainerRole::Web] {
+        let staged = direct
+            .exec(
+                pod,
+                role,
+                ExecRequest::new([
+                    "sh",
+                    "-c",
+                    "ls -A /run /dev/shm /tmp | grep -c clonepool-stdin || true",
+                ]),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            staged.stdout_str().trim(),
+            "0",
+            "{role}: input files left behind"
+        );
+    }
+    // 26 commands per path; the checks for leftovers ran through the runtime.
+    assert_eq!(counter.get(ExecPath::Runtime), 26 + 3 + 2);
+    assert_eq!(counter.get(ExecPath::ApiServer), 26);
+    assert_eq!(counter.get(ExecPath::Cri), 26);
+}
+
+fn agent_config(
+    data_dir: &std::path::Path,
+    node: &NodeName,
+    ns: &str,
+    path: ExecPath,
+) -> AgentConfig {
+    let image = image();
+    let socket = cri_socket();
+    let args = [
+        "clonepool-agent",
+        "--node",
+        node.as_str(),
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+        "--image",
+        &image,
+        "--backend",
+        "kubernetes",
+        "--kube-namespace",
+        ns,
+        "--exec-path",
+        path.as_str(),
+        "--cri-socket",
+        socket.to_str().unwrap(),
+        "--api-listen",
+        "127.0.0.1:0",
+        "--admin-listen",
+        "127.0.0.1:0",
+        "--reconcile-interval-secs",
+        "2",
+        "--warm-target",
+        "1",
+        "--max-pods",
+        "1",
+        "--pod-label",
+        "clonepool.test=true",
+    ];
+    AgentConfig::from_raw(RawConfig::try_parse_from(args).unwrap()).unwrap()
+}
+
+async fn wait_until<F: FnMut() -> bool>(what: &str, timeout: Duration, mut ready: F) {
+    let deadline = Instant::now() + timeout;
+    while !ready() {
+        assert!(Instant::now() < deadline, "{what} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn median(samples: &[f64]) -> f64 {
+    let mut v = samples.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// The agent's pool on one warm Pod, claimed and released `resets` times through `path`;
+/// answers the release → WARM times (ms). Every command of the pod (provisioning, claims,
+/// resets and their verification) must have gone through `path` and no other.
+async fn claim_release_cycles(setup: &Setup, path: ExecPath, resets: usize) -> Vec<f64> {
+    let ns = TestNamespace::create(&setup.client).await;
+    let counter = ExecCounter::default();
+    let rt = setup
+        .connected_in(&ns.name, path)
+        .await
+        .with_exec_counter(counter.clone());
+    let dir = tempfile::tempdir().unwrap();
+    let agent = app::start(
+        agent_config(dir.path(), &setup.node, &ns.name, path),
+        Arc::new(rt),
+        Arc::new(HttpSiteProbe::new()),
+    )
+    .await
+    .expect("agent starts");
+    let warm = |agent: &app::RunningAgent| agent.pool.capacity().unwrap().warm == 1;
+    wait_until(
+        &format!("{path}: a WARM pod"),
+        Duration::from_secs(240),
+        || warm(&agent),
+    )
+    .await;
+    let mut times = Vec::new();
+    for i in 0..resets {
+        let clone = format!("{path}-cycle-{i}");
+        let claimed = agent
+            .pool
+            .claim(&ClaimRequest {
+                clone_id: clone.parse().unwrap(),
+                clone_host: format!("{clone}.localhost:8080"),
+                allow_cold: false,
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{path}: claim {i}: {e}"));
+        let state = agent.pool.pod(&claimed.pod_id).unwrap().state;
+        assert_eq!(state, PodState::Assigned, "{path}");
+        let released = Instant::now();
+        agent.pool.release(&clone.parse().unwrap()).await.unwrap();
+        let pod = claimed.pod_id.clone();
+        let deadline = released + Duration::from_secs(120);
+        while !agent
+            .pool
+            .pod(&pod)
+            .is_ok_and(|p| p.state == PodState::Warm)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{path}: pod {pod} not WARM again within 120 s after reset {i}: {:?}; events {:?}",
+                agent.pool.pod(&pod),
+                agent.pool.events(20)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        times.push(released.elapsed().as_secs_f64() * 1000.0);
+    }
+    let events = agent.pool.events(1000).unwrap();
+    let resets_ok = events
+        .iter()
+        .filter(|e| e.kind == "warm" && e.message.starts_with("reset"))
+        .count();
+    assert_eq!(
+        resets_ok, resets,
+        "{path}: every reset passed verification: {events:?}"
+    );
+    let mine = counter.get(path);
+    assert!(mine > 0, "{path}: commands counted");
+    for other in ExecPath::ALL.into_iter().filter(|p| *p != path) {
+        assert_eq!(
+            counter.get(other),
+            0,
+            "{path}: nothing went through {other}"
+        );
+    }
+    eprintln!("{path}: {mine} commands, resets {times:?} ms");
+    agent.shutdown(Duration::from_secs(30)).await;
+    times
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn a_warm_pod_is_claimed_released_and_reset_to_warm_through_each_exec_path() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let resets: usize = std::env::var("CLONEPOOL_KUBE_RESETS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(3);
+    let mut medians = Vec::new();
+    for path in [ExecPath::Cri, ExecPath::Runtime, ExecPath::ApiServer] {
+        let times = claim_release_cycles(&setup, path, resets).await;
+        medians.push(format!("{path} {:.0} ms", median(&times)));
+    }
+    eprintln!(
+        "reset (release → WARM) medians over {resets} resets: {}",
+        medians.join(", ")
+    );
 }
 
 #[tokio::test]

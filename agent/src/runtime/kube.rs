@@ -1,7 +1,9 @@
 //! `KubeRuntime`: the `ContainerRuntime` over Kubernetes. Pods are real Pods, created, listed,
 //! watched and deleted through the API server; their containers are reached straight through
 //! the node's container runtime (the Docker Engine behind cri-dockerd), never through the API
-//! server, unless [`ExecPath::ApiServer`] is chosen to measure the difference.
+//! server, unless [`ExecPath::ApiServer`] is chosen to measure the difference. With
+//! [`ExecPath::Cri`] commands go through the kubelet's CRI runtime socket instead (containerd's,
+//! or cri-dockerd's; see [`super::cri`]), still node-local.
 //!
 //! A pod is one Pod named after the pod id in the clones namespace, pinned to the agent's node
 //! with `spec.nodeName` (no scheduler involved), with two containers of the workload image, `db`
@@ -33,6 +35,7 @@
 //! `stop_pod`, `stop_container` and `start_container` act on the Docker containers directly;
 //! the kubelet restarts a stopped container (it then runs under a new id: see above).
 
+use super::cri::{self, CriClient, CriError};
 use super::docker_calls::{self, engine_error, is_no_such_container, is_not_running, CallError};
 use super::{
     ArchiveStream, ContainerInfo, ContainerLimits, ContainerRuntime, DockerRuntime, ExecCounter,
@@ -56,6 +59,7 @@ use kube::api::{Api, AttachParams, DeleteParams, ListParams, Patch, PatchParams,
 use kube::runtime::watcher;
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -107,13 +111,20 @@ pub struct KubeSettings {
     pub requests_percent: u32,
     /// The node's Docker Engine socket (unix path or URL); default: the usual socket.
     pub docker_socket: Option<String>,
+    /// The kubelet's CRI runtime socket, for [`ExecPath::Cri`]; default: containerd's.
+    pub cri_socket: Option<PathBuf>,
 }
+
+/// The CRI runtime socket [`ExecPath::Cri`] uses when none is configured: containerd's.
+pub const DEFAULT_CRI_SOCKET: &str = "/run/containerd/containerd.sock";
 
 /// The `ContainerRuntime` over a Kubernetes API server and the node's Docker Engine.
 pub struct KubeRuntime {
     pods: Api<Pod>,
     client: kube::Client,
     docker: Docker,
+    /// The kubelet's CRI runtime, when commands go that way ([`ExecPath::Cri`]).
+    cri: Option<CriClient>,
     settings: KubeSettings,
     execs: ExecCounter,
     /// Docker id of each (pod, role) container last found, until it is replaced.
@@ -131,8 +142,9 @@ impl std::fmt::Debug for KubeRuntime {
 }
 
 impl KubeRuntime {
-    /// Connects to the API server (inferred configuration) and to the node's Docker Engine
-    /// (API version negotiated).
+    /// Connects to the API server (inferred configuration), to the node's Docker Engine (API
+    /// version negotiated) and, for [`ExecPath::Cri`], to the CRI runtime socket (which must
+    /// exist and answer `Version`).
     pub async fn connect(settings: KubeSettings) -> Result<Self, RuntimeError> {
         let client = kube::Client::try_default().await.map_err(|e| {
             RuntimeError::Unreachable(format!("no Kubernetes API server configuration: {e}"))
@@ -141,7 +153,21 @@ impl KubeRuntime {
             .await?
             .client()
             .clone();
-        Ok(Self::new(client, docker, settings))
+        let cri = match settings.exec_path {
+            ExecPath::Cri => {
+                let socket = settings
+                    .cri_socket
+                    .clone()
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CRI_SOCKET));
+                Some(CriClient::connect(&socket).await.map_err(cri_error)?)
+            }
+            _ => None,
+        };
+        let runtime = Self::new(client, docker, settings);
+        Ok(match cri {
+            Some(cri) => runtime.with_cri(cri),
+            None => runtime,
+        })
     }
 
     /// A runtime over an existing client and engine.
@@ -150,10 +176,17 @@ impl KubeRuntime {
             pods: Api::namespaced(client.clone(), &settings.namespace),
             client,
             docker,
+            cri: None,
             settings,
             execs: ExecCounter::default(),
             ids: std::sync::Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Runs [`ExecPath::Cri`] commands through `cri`.
+    pub fn with_cri(mut self, cri: CriClient) -> Self {
+        self.cri = Some(cri);
+        self
     }
 
     /// Counts execs into `execs` (registered by whoever owns the metrics registry).
@@ -337,61 +370,162 @@ impl KubeRuntime {
         role: ContainerRole,
         request: &ExecRequest,
     ) -> Result<ExecOutput, RuntimeError> {
-        let cmd = apiserver_command(request)?;
-        let params = AttachParams {
-            container: Some(role.to_string()),
-            stdin: request.stdin.is_some(),
-            stdout: true,
-            stderr: true,
-            tty: false,
-            max_stdin_buf_size: Some(64 << 10),
-            max_stdout_buf_size: Some(64 << 10),
-            max_stderr_buf_size: Some(64 << 10),
-        };
+        let cmd = wrapped_command(request, "API server")?;
+        let params = attach_params(Some(role.to_string()), request.stdin.is_some());
         let started = Instant::now();
         let run = async {
-            let mut attached = match self.pods.exec(pod.as_str(), cmd, &params).await {
+            let attached = match self.pods.exec(pod.as_str(), cmd, &params).await {
                 Ok(attached) => attached,
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
                     return Err(self.not_found(pod, role).await)
                 }
                 Err(err) => return Err(api_error(err)),
             };
-            let stdin = attached.stdin();
-            let stdout = attached.stdout();
-            let stderr = attached.stderr();
-            let status = attached
-                .take_status()
-                .ok_or_else(|| RuntimeError::Engine("exec status taken twice".into()))?;
-            let input = request.stdin.clone();
-            let feed = async move {
-                if let (Some(mut writer), Some(bytes)) = (stdin, input) {
-                    // The command may exit without reading all of it; that is its business.
-                    let _ = writer.write_all(&bytes).await;
-                    let _ = writer.shutdown().await;
-                }
-            };
-            let read = |reader: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
-                let mut out = Vec::new();
-                if let Some(mut reader) = reader {
-                    reader.read_to_end(&mut out).await?;
-                }
-                Ok::<_, std::io::Error>(out)
-            };
-            let ((), out, err, status) = tokio::join!(feed, read(stdout), read(stderr), status);
-            let io = |e: std::io::Error| RuntimeError::Engine(format!("exec stream: {e}"));
-            let exit_code = exit_code_of(status.as_ref())?;
-            Ok(ExecOutput {
-                exit_code,
-                stdout: out.map_err(io)?,
-                stderr: err.map_err(io)?,
-            })
+            // The API server speaks v5.channel.k8s.io: closing stdin reaches the command.
+            run_attached(attached, request.stdin.clone(), true).await
         };
-        let timed_out = || RuntimeError::ExecTimeout {
+        self.bounded(pod, role, request, started, run).await
+    }
+
+    /// Exec through the kubelet's CRI runtime socket, on the node: `ExecSync` for commands
+    /// without standard input; for commands with it, `Exec` and the runtime's streaming server.
+    ///
+    /// Standard input carries secrets (passwords, SQL with password hashes) and `ExecSync` has
+    /// none, so it is never folded into the command line (argv is visible to every process in
+    /// the container and may be logged by the runtime). Falling back to the API server's exec
+    /// would take resets, which nearly all feed stdin, through the API server, which the CRI
+    /// path exists to avoid; so such commands use the CRI's own streaming `Exec`, which hands
+    /// back a one-time URL on the runtime's streaming server (node loopback) spoken to with the
+    /// remote-command WebSocket protocol. Runtimes that only speak its v4 (cri-dockerd, for one)
+    /// cannot signal the end of stdin, so the command first takes exactly the input's length
+    /// (no secret) of bytes, see [`CRI_STDIN_SCRIPT`]. Every such command counts as `cri`: it
+    /// never leaves the node.
+    async fn exec_cri(
+        &self,
+        pod: &PodId,
+        role: ContainerRole,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, RuntimeError> {
+        let Some(cri) = &self.cri else {
+            return Err(RuntimeError::Engine(
+                "exec path cri without a CRI runtime connection".to_string(),
+            ));
+        };
+        let cmd = match &request.stdin {
+            None => wrapped_command(request, "CRI")?,
+            Some(input) => cri_stdin_command(request, input.len())?,
+        };
+        let mut retried = false;
+        loop {
+            let id = self.resolve_cri(pod, role).await?;
+            let started = Instant::now();
+            let result = match &request.stdin {
+                None => {
+                    let deadline = request
+                        .timeout
+                        .saturating_add(docker_calls::EXEC_CLIENT_GRACE);
+                    cri.exec_sync(&id, cmd.clone(), deadline)
+                        .await
+                        .map(|answer| ExecOutput {
+                            exit_code: i64::from(answer.exit_code),
+                            stdout: answer.stdout,
+                            stderr: answer.stderr,
+                        })
+                }
+                Some(input) => match cri.exec_url(&id, cmd.clone()).await {
+                    Ok(url) => {
+                        let run = async {
+                            let client = cri::streaming_client(&url).map_err(cri_error)?;
+                            let api: Api<Pod> = Api::namespaced(client, &self.settings.namespace);
+                            // The name and options are the URL's already: the streaming
+                            // server ignores what kube puts in the request line.
+                            let attached = api
+                                .exec(pod.as_str(), cmd.clone(), &attach_params(None, true))
+                                .await
+                                .map_err(|e| {
+                                    RuntimeError::Engine(format!("CRI streaming exec: {e}"))
+                                })?;
+                            run_attached(attached, Some(input.clone()), false).await
+                        };
+                        return self.bounded(pod, role, request, started, run).await;
+                    }
+                    Err(err) => Err(err),
+                },
+            };
+            match result {
+                Ok(output)
+                    if docker_calls::was_cut_off(
+                        output.exit_code,
+                        started.elapsed(),
+                        request.timeout,
+                    ) =>
+                {
+                    return Err(self.timed_out(pod, role, request))
+                }
+                Ok(output) => return Ok(output),
+                Err(CriError::Deadline { .. }) => return Err(self.timed_out(pod, role, request)),
+                // The runtime refused to start it (a replaced container): nothing ran.
+                Err(err) if !retried && (err.is_no_such_container() || err.is_not_running()) => {
+                    self.forget(pod, role);
+                    retried = true;
+                }
+                Err(err) if err.is_no_such_container() => {
+                    self.forget(pod, role);
+                    return Err(self.not_found(pod, role).await);
+                }
+                Err(err) => return Err(cri_error(err)),
+            }
+        }
+    }
+
+    /// The CRI id (bare, without `containerd://`) of the running container of `role` of `pod`,
+    /// from the Pod's status (cached until the container is replaced): the CRI path needs no
+    /// Docker Engine.
+    async fn resolve_cri(&self, pod: &PodId, role: ContainerRole) -> Result<String, RuntimeError> {
+        let key = (pod.clone(), role);
+        if let Some(id) = self.ids.lock().ok().and_then(|ids| ids.get(&key).cloned()) {
+            return Ok(id);
+        }
+        let found = self.own_pod_or_not_found(pod).await?;
+        let container = PodView::of(&found).and_then(|v| v.container(role).cloned());
+        let Some(ContainerView {
+            id: Some(id),
+            running: true,
+            ..
+        }) = container
+        else {
+            return Err(RuntimeError::ContainerNotFound {
+                pod: pod.clone(),
+                role,
+            });
+        };
+        if let Ok(mut ids) = self.ids.lock() {
+            ids.insert(key, id.clone());
+        }
+        Ok(id)
+    }
+
+    fn timed_out(&self, pod: &PodId, role: ContainerRole, request: &ExecRequest) -> RuntimeError {
+        RuntimeError::ExecTimeout {
             pod: pod.clone(),
             role,
             timeout: request.timeout,
-        };
+        }
+    }
+
+    /// Runs an attached exec to its end within the request's timeout (plus the client grace),
+    /// a command cut off by its in-container `timeout` counting as timed out too.
+    async fn bounded<F>(
+        &self,
+        pod: &PodId,
+        role: ContainerRole,
+        request: &ExecRequest,
+        started: Instant,
+        run: F,
+    ) -> Result<ExecOutput, RuntimeError>
+    where
+        F: std::future::Future<Output = Result<ExecOutput, RuntimeError>>,
+    {
         match tokio::time::timeout(
             request
                 .timeout
@@ -407,10 +541,10 @@ impl KubeRuntime {
                     request.timeout,
                 ) =>
             {
-                Err(timed_out())
+                Err(self.timed_out(pod, role, request))
             }
             Ok(result) => result,
-            Err(_elapsed) => Err(timed_out()),
+            Err(_elapsed) => Err(self.timed_out(pod, role, request)),
         }
     }
 
@@ -468,9 +602,17 @@ impl KubeRuntime {
 #[async_trait]
 impl ContainerRuntime for KubeRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
-        let (api, docker) = tokio::join!(self.client.apiserver_version(), self.docker.ping());
+        let cri = async {
+            match &self.cri {
+                Some(cri) => cri.version().await.map(|_| ()),
+                None => Ok(()),
+            }
+        };
+        let (api, docker, cri) =
+            tokio::join!(self.client.apiserver_version(), self.docker.ping(), cri);
         api.map_err(api_error)?;
         docker.map_err(engine_error)?;
+        cri.map_err(cri_error)?;
         Ok(())
     }
 
@@ -703,6 +845,7 @@ impl ContainerRuntime for KubeRuntime {
         match self.settings.exec_path {
             ExecPath::Runtime => self.exec_direct(pod, role, &request).await,
             ExecPath::ApiServer => self.exec_via_apiserver(pod, role, &request).await,
+            ExecPath::Cri => self.exec_cri(pod, role, &request).await,
         }
     }
 
@@ -823,13 +966,14 @@ impl ContainerRuntime for KubeRuntime {
     }
 }
 
-/// The command the API server's exec runs: env and working directory through `env`, the
-/// timeout like the direct path. (The API server's exec has no user option.)
-fn apiserver_command(request: &ExecRequest) -> Result<Vec<String>, RuntimeError> {
+/// The command an exec without the engine's options runs (the API server's, the CRI's): env and
+/// working directory through `env`, the timeout like the direct path. (`via` has no user
+/// option.)
+fn wrapped_command(request: &ExecRequest, via: &str) -> Result<Vec<String>, RuntimeError> {
     if request.user.is_some() {
-        return Err(RuntimeError::Engine(
-            "the API server's exec cannot run a command as another user".to_string(),
-        ));
+        return Err(RuntimeError::Engine(format!(
+            "the {via}'s exec cannot run a command as another user"
+        )));
     }
     let mut cmd = Vec::new();
     if request.workdir.is_some() || !request.env.is_empty() {
@@ -841,6 +985,107 @@ fn apiserver_command(request: &ExecRequest) -> Result<Vec<String>, RuntimeError>
     }
     cmd.extend(docker_calls::timeout_wrapped(request));
     Ok(cmd)
+}
+
+/// What a CRI streaming exec with input runs before the command (`$0` the input's length,
+/// `"$@"` the command): the input is read up to exactly its length (`head -c`: the streaming
+/// protocol may have no way to say where it ends) into a private temporary file, which is
+/// opened and removed at once, then the shell replaces itself with the command reading it. So
+/// the command runs with the same process tree as on the other paths (its parent is `timeout`:
+/// the reset scripts kill every process they do not expect, and the fingerprint lists them).
+/// The file goes to the container's own `/run`: not `/dev/shm`, which a Pod's containers share
+/// (the other container's fingerprint would see it), nor any directory the fingerprint lists.
+/// Exit status 125 when the input could not be staged.
+const CRI_STDIN_SCRIPT: &str = r#"d=/run
+[ -d "$d" ] && [ -w "$d" ] || d=${TMPDIR:-/tmp}
+f=$(umask 077 && mktemp "$d/.clonepool-stdin.XXXXXX") || exit 125
+head -c "$0" > "$f" || { rm -f "$f"; exit 125; }
+exec 3< "$f" || { rm -f "$f"; exit 125; }
+rm -f "$f"
+exec "$@" <&3 3<&-"#;
+
+/// The command of a CRI streaming exec with `len` bytes of standard input (see
+/// [`CRI_STDIN_SCRIPT`]), inside the timeout like every other command.
+fn cri_stdin_command(request: &ExecRequest, len: usize) -> Result<Vec<String>, RuntimeError> {
+    let mut inner = request.clone();
+    inner.cmd = [
+        "sh".to_string(),
+        "-c".to_string(),
+        CRI_STDIN_SCRIPT.to_string(),
+    ]
+    .into_iter()
+    .chain([len.to_string()])
+    .chain(request.cmd.iter().cloned())
+    .collect();
+    wrapped_command(&inner, "CRI")
+}
+
+/// Exec options: stdout and stderr, stdin when there is input, no TTY; `container` by name
+/// (the API server's exec) or none (a CRI streaming URL names it already).
+fn attach_params(container: Option<String>, stdin: bool) -> AttachParams {
+    AttachParams {
+        container,
+        stdin,
+        stdout: true,
+        stderr: true,
+        tty: false,
+        max_stdin_buf_size: Some(64 << 10),
+        max_stdout_buf_size: Some(64 << 10),
+        max_stderr_buf_size: Some(64 << 10),
+    }
+}
+
+/// Feeds `input` to an attached exec, collects its output and its exit code. With
+/// `close_stdin` the input is closed after the last byte (v5 of the protocol says so to the
+/// command); without, it stays open until the command ended (closing it on v4 closes the whole
+/// stream, and output not yet read would be lost).
+async fn run_attached(
+    mut attached: kube::api::AttachedProcess,
+    input: Option<bytes::Bytes>,
+    close_stdin: bool,
+) -> Result<ExecOutput, RuntimeError> {
+    let stdin = attached.stdin();
+    let stdout = attached.stdout();
+    let stderr = attached.stderr();
+    let status = attached
+        .take_status()
+        .ok_or_else(|| RuntimeError::Engine("exec status taken twice".into()))?;
+    let feed = async move {
+        let mut writer = stdin?;
+        if let Some(bytes) = input {
+            // The command may exit without reading all of it; that is its business.
+            let _ = writer.write_all(&bytes).await;
+            if close_stdin {
+                let _ = writer.shutdown().await;
+                return None;
+            }
+        }
+        Some(writer)
+    };
+    let read = |reader: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
+        let mut out = Vec::new();
+        if let Some(mut reader) = reader {
+            reader.read_to_end(&mut out).await?;
+        }
+        Ok::<_, std::io::Error>(out)
+    };
+    let (held, out, err, status) = tokio::join!(feed, read(stdout), read(stderr), status);
+    drop(held);
+    let io = |e: std::io::Error| RuntimeError::Engine(format!("exec stream: {e}"));
+    let exit_code = exit_code_of(status.as_ref())?;
+    Ok(ExecOutput {
+        exit_code,
+        stdout: out.map_err(io)?,
+        stderr: err.map_err(io)?,
+    })
+}
+
+/// Maps a CRI failure: a runtime that does not answer is `Unreachable`.
+fn cri_error(err: CriError) -> RuntimeError {
+    match err {
+        err @ CriError::Unreachable { .. } => RuntimeError::Unreachable(err.to_string()),
+        err => RuntimeError::Engine(err.to_string()),
+    }
 }
 
 /// The exit code an exec's final status stands for.
@@ -1277,6 +1522,7 @@ mod tests {
             exec_path: ExecPath::Runtime,
             requests_percent: 10,
             docker_socket: None,
+            cri_socket: None,
         }
     }
 
@@ -1669,16 +1915,64 @@ mod tests {
             .env("A=1");
         request.workdir = Some("/var/www".to_string());
         assert_eq!(
-            apiserver_command(&request).unwrap(),
+            wrapped_command(&request, "API server").unwrap(),
             [
                 "env", "-C", "/var/www", "A=1", "timeout", "-s", "KILL", "3.000", "wp", "option",
                 "get", "home"
             ]
         );
         let plain = ExecRequest::new(["true"]).timeout(Duration::from_secs(1));
-        assert_eq!(apiserver_command(&plain).unwrap()[0], "timeout");
+        assert_eq!(wrapped_command(&plain, "API server").unwrap()[0], "timeout");
         let as_user = ExecRequest::new(["true"]).user("www-data");
-        assert!(apiserver_command(&as_user).is_err());
+        assert!(wrapped_command(&as_user, "API server").is_err());
+    }
+
+    #[test]
+    fn container_ids_lose_their_runtime_scheme_for_the_cri() {
+        assert_eq!(strip_runtime("containerd://4f2a9c"), "4f2a9c");
+        assert_eq!(strip_runtime("docker://0123abcd"), "0123abcd");
+        assert_eq!(strip_runtime("cri-o://feed"), "feed");
+        assert_eq!(strip_runtime("4f2a9c"), "4f2a9c", "a bare id stays");
+        let mut pod = reported(
+            vec![
+                status("db", "d1", running()),
+                status("web", "w1", running()),
+            ],
+            &[],
+        );
+        pod.status
+            .as_mut()
+            .unwrap()
+            .container_statuses
+            .as_mut()
+            .unwrap()[0]
+            .container_id = Some("containerd://c0ffee".to_string());
+        let view = PodView::of(&pod).unwrap();
+        assert_eq!(
+            view.container(ContainerRole::Db).unwrap().id.as_deref(),
+            Some("c0ffee")
+        );
+    }
+
+    #[test]
+    fn cri_execs_with_input_read_exactly_its_length_inside_the_timeout() {
+        let request = ExecRequest::new(["clonepool-db-setup", "--quiet"])
+            .stdin("secret\n")
+            .timeout(Duration::from_secs(60))
+            .env("A=1");
+        let cmd = cri_stdin_command(&request, 7).unwrap();
+        assert_eq!(
+            cmd[..8],
+            ["env", "A=1", "timeout", "-s", "KILL", "60.000", "sh", "-c"]
+        );
+        assert!(cmd[8].contains("head -c \"$0\""), "{}", cmd[8]);
+        assert!(cmd[8].ends_with("exec \"$@\" <&3 3<&-"), "{}", cmd[8]);
+        assert_eq!(cmd[9..], ["7", "clonepool-db-setup", "--quiet"]);
+        assert!(
+            !cmd.iter().any(|arg| arg.contains("secret")),
+            "the input stays out of argv"
+        );
+        assert!(cri_stdin_command(&request.clone().user("www-data"), 7).is_err());
     }
 
     #[test]

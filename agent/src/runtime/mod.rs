@@ -3,7 +3,8 @@
 //!
 //! `DockerRuntime` talks to a Docker Engine through bollard; `KubeRuntime` creates Pods through
 //! a Kubernetes API server and reaches their containers through the node's Docker Engine (both
-//! share `docker_calls`); `FakeRuntime` records calls for unit tests of the layers above.
+//! share `docker_calls`) or the kubelet's CRI runtime socket (`cri`); `FakeRuntime` records calls
+//! for unit tests of the layers above.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -20,6 +21,7 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
+pub mod cri;
 pub mod docker;
 pub mod docker_calls;
 pub mod fake;
@@ -43,15 +45,20 @@ pub enum ExecPath {
     /// Through the Kubernetes API server's `pods/exec` (API server → kubelet → runtime), kept to
     /// measure what the direct path saves.
     ApiServer,
+    /// Through the kubelet's CRI runtime socket (`RuntimeService/ExecSync`, and `Exec` with the
+    /// runtime's streaming server for commands with standard input): the node-local path where
+    /// the node runs containerd (Kubernetes backend only).
+    Cri,
 }
 
 impl ExecPath {
-    pub const ALL: [ExecPath; 2] = [ExecPath::Runtime, ExecPath::ApiServer];
+    pub const ALL: [ExecPath; 3] = [ExecPath::Runtime, ExecPath::ApiServer, ExecPath::Cri];
 
     pub fn as_str(self) -> &'static str {
         match self {
             ExecPath::Runtime => "runtime",
             ExecPath::ApiServer => "apiserver",
+            ExecPath::Cri => "cri",
         }
     }
 }
@@ -68,7 +75,7 @@ impl FromStr for ExecPath {
         ExecPath::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| format!("unknown exec path {s:?} (one of: runtime, apiserver)"))
+            .ok_or_else(|| format!("unknown exec path {s:?} (one of: runtime, apiserver, cri)"))
     }
 }
 
@@ -77,7 +84,7 @@ struct ExecPathLabels {
     path: &'static str,
 }
 
-/// `clonepool_agent_execs_total{path="runtime"|"apiserver"}`: every command run in a pod
+/// `clonepool_agent_execs_total{path="runtime"|"apiserver"|"cri"}`: every command run in a pod
 /// container (provisioning, claims, resets and their verification), by the way it went. Cheap
 /// to clone; clones count into the same series.
 #[derive(Clone, Debug, Default)]
@@ -103,14 +110,14 @@ impl ExecCounter {
             .get()
     }
 
-    /// Registers the counter (as `clonepool_agent_execs_total`), both paths shown from zero.
+    /// Registers the counter (as `clonepool_agent_execs_total`), every path shown from zero.
     pub fn register(&self, registry: &mut Registry) {
         for path in ExecPath::ALL {
             let _ = self.get(path);
         }
         registry.sub_registry_with_prefix("clonepool_agent").register(
             "execs",
-            "Commands run in pod containers, by path: runtime (the node's container runtime, directly) or apiserver (the API server's pods/exec)",
+            "Commands run in pod containers, by path: runtime (the node's Docker Engine, directly), apiserver (the API server's pods/exec) or cri (the kubelet's CRI runtime socket)",
             self.family.clone(),
         );
     }
