@@ -1,20 +1,26 @@
 //! Kubernetes mode end to end, on the real single-node cluster of `scripts/kube-up` (API server,
-//! etcd, controller-manager, scheduler, kubelet with cri-dockerd in front of this machine's
-//! Docker Engine): `helm install` the chart, the agent DaemonSet becomes ready under its own
-//! ServiceAccount (so a missing RBAC rule fails here), warm Pods appear through the API server
-//! on the node, a claim through the agent API serves WordPress from a warm Pod, a release resets
-//! it through the node's Docker Engine (metric `path="runtime"`) back to WARM, the same reset
-//! through the API server's exec is measured after a `helm upgrade` (both medians printed for
-//! docs/benchmarks.md), and a deleted agent Pod's successor adopts the same Pods.
+//! etcd, controller-manager, scheduler, kubelet with the dockershim CRI runtime in front of this
+//! machine's Docker Engine):
+//! - the chart's agents: `helm install`, the agent DaemonSet becomes ready under its own
+//!   ServiceAccount (so a missing RBAC rule fails here), warm Pods appear through the API server
+//!   on the node, a claim through the agent API serves WordPress from a warm Pod, a release
+//!   resets it through the node's Docker Engine (metric `path="runtime"`) back to WARM; the same
+//!   resets through the API server's exec and through the kubelet's CRI socket after `helm
+//!   upgrade`s (the three medians printed for docs/benchmarks.md); a deleted agent Pod's
+//!   successor adopts the same Pods;
+//! - the chart's coordinator, in its Pod, reached with `kubectl port-forward`: warm clones,
+//!   a cold Deployment when the pool is exhausted, TTL expiry removing what each clone made;
+//! - the chart itself: lint, renderings validated by the API server, RBAC from the rules file.
 //!
 //! Needs: the cluster (admin kubeconfig /var/lib/clonepool-kube/admin.kubeconfig or
 //! `CLONEPOOL_KUBECONFIG`; kubectl and helm in /var/cache/clonepool/kube/bin or
 //! `CLONEPOOL_KUBE_BIN`), the workload image (`CLONEPOOL_IMAGE`) and the clonepool image
 //! (`CLONEPOOL_KUBE_IMAGE`, else built here with images/clonepool/build). Without a cluster the
-//! test says so and passes, unless `CLONEPOOL_KUBE_REQUIRED` is set. The agent and the test
-//! reach Pod IPs directly (this machine routes the CNI bridge); no Ingress controller runs, so
-//! the clone is checked at its Pod's address with the clone's Host header.
-//! `CLONEPOOL_KUBE_RESETS` sets the resets measured per exec path (default 5),
+//! tests say so and pass, unless `CLONEPOOL_KUBE_REQUIRED` is set. The agent and the test
+//! reach Pod IPs and ClusterIPs directly (this machine routes the CNI bridge; kube-proxy runs);
+//! no Ingress controller runs, so clones are checked through their Service or Pod with the
+//! clone's Host header. `CLONEPOOL_KUBE_RESETS` sets the resets measured per exec path
+//! (default 5), `CLONEPOOL_KUBE_CLONES` the warm clones through the coordinator (default 3),
 //! `CLONEPOOL_KUBE_RESET_METHOD` the agent's reset method (default the chart's, `sql`).
 
 use clonepool_common::agent_api::{Capacity, ClaimResponse};
@@ -613,14 +619,69 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
         "all went through the API server"
     );
 
+    // And through the kubelet's CRI runtime socket (the containerd-node path; here the
+    // dockershim's socket of scripts/kube-up): the chart mounts the socket's directory and runs
+    // the agent on the host network (the runtime's streaming server listens on the node's
+    // loopback).
+    let cri_socket = std::env::var("CLONEPOOL_KUBE_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from("/var/lib/clonepool-kube"))
+        .join("run/dockershim.sock");
+    let upgrade_started = Instant::now();
+    run(
+        "helm",
+        &[
+            "upgrade",
+            &release.name,
+            &chart.display().to_string(),
+            "--namespace",
+            &release.namespace,
+            "--reuse-values",
+            "--set",
+            "agent.execPath=cri",
+            "--set",
+            &format!("agent.criSocket={}", cri_socket.display()),
+            "--wait",
+            "--timeout",
+            "5m",
+        ],
+    );
+    let (cri_pod, cri_ip) = ready_agent(&pods, &release.name, Some(&upgraded_pod)).await;
+    eprintln!(
+        "helm upgrade to execPath=cri: {:?}",
+        upgrade_started.elapsed()
+    );
+    let agent = agent_at(&cri_ip, &token).await;
+    agent.wait_warm(2).await;
+    assert_eq!(clone_pods(&clones, &node).await, before_upgrade);
+    let mut via_cri = Vec::new();
+    for i in 0..resets {
+        let clone = format!("kube-e2e-cri-{i}");
+        let claim = agent.claim_and_check(&clone).await;
+        via_cri.push(
+            agent
+                .release_until_warm(&clone, claim.pod_id.as_str())
+                .await,
+        );
+    }
+    assert!(agent.execs("cri").await > 0.0);
+    assert_eq!(
+        (agent.execs("runtime").await, agent.execs("apiserver").await),
+        (0.0, 0.0),
+        "all went through the CRI socket"
+    );
+
     eprintln!(
         "\n=== Kubernetes mode: reset (release to WARM, verified), {resets} each, {reset_method} method ===\n\
          runtime (Docker Engine API, direct): median {:.0} ms  samples {:?}\n\
-         apiserver (pods/exec):              median {:.0} ms  samples {:?}\n",
+         apiserver (pods/exec):              median {:.0} ms  samples {:?}\n\
+         cri (kubelet's CRI socket, direct): median {:.0} ms  samples {:?}\n",
         median_ms(&direct),
         direct.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
         median_ms(&via_api),
         via_api.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
+        median_ms(&via_cri),
+        via_cri.iter().map(|d| d.as_millis()).collect::<Vec<_>>(),
     );
 
     // Back to the runtime path, then delete the agent Pod: its successor adopts the Pods.
@@ -640,7 +701,7 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
             "5m",
         ],
     );
-    let (current_pod, current_ip) = ready_agent(&pods, &release.name, Some(&upgraded_pod)).await;
+    let (current_pod, current_ip) = ready_agent(&pods, &release.name, Some(&cri_pod)).await;
     let agent = agent_at(&current_ip, &token).await;
     agent.wait_warm(2).await;
     let held = clone_pods(&clones, &node).await;
@@ -724,6 +785,7 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
     for variant in [
         vec![],
         vec!["--set", "agent.execPath=apiserver"],
+        vec!["--set", "agent.execPath=cri"],
         vec!["--set", "coordinator.persistence.type=pvc"],
         vec!["--set", "coordinator.persistence.type=emptyDir"],
         vec!["--set", "networkPolicy.enabled=false"],
