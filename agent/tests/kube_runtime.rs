@@ -656,6 +656,7 @@ async fn claim_release_cycles(setup: &Setup, path: ExecPath, resets: usize) -> V
             .claim(&ClaimRequest {
                 clone_id: clone.parse().unwrap(),
                 clone_host: format!("{clone}.localhost:8080"),
+                clone_scheme: Default::default(),
                 allow_cold: false,
             })
             .await
