@@ -431,10 +431,14 @@ fn owned_by(meta: &ObjectMeta, deployment: &Deployment, what: &str) {
 }
 
 /// A client that sends `{host}` to `addr` (port 80), without following redirects.
+/// A client that sends `host` to `ip:80`. A new connection per request: one made before
+/// kube-proxy programmed a new Service (whose ClusterIP may have led elsewhere a moment ago)
+/// keeps its old destination for as long as it is kept alive.
 fn client_to(host: &str, ip: &str) -> reqwest::Client {
     let addr: SocketAddr = format!("{ip}:80").parse().unwrap();
     reqwest::Client::builder()
         .resolve(host, addr)
+        .pool_max_idle_per_host(0)
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30))
@@ -736,7 +740,7 @@ async fn a_warm_pods_clone_gets_a_service_and_ingress_to_its_pod_that_go_when_it
     };
     eventually(
         "the Service leads to the pod",
-        Duration::from_secs(30),
+        Duration::from_secs(60),
         || async { get().await.filter(|(_, body)| body == "warm-pod-0123") },
     )
     .await;
