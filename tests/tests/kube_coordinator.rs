@@ -430,7 +430,6 @@ fn owned_by(meta: &ObjectMeta, deployment: &Deployment, what: &str) {
     );
 }
 
-/// A client that sends `{host}` to `addr` (port 80), without following redirects.
 /// A client that sends `host` to `ip:80`. A new connection per request: one made before
 /// kube-proxy programmed a new Service (whose ClusterIP may have led elsewhere a moment ago)
 /// keeps its old destination for as long as it is kept alive.
