@@ -1238,6 +1238,47 @@ async fn only_pods_of_the_own_node_are_listed_inspected_or_removed() {
 
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn the_cri_path_connects_and_runs_pods_with_no_docker_engine_to_reach() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let settings = |exec_path| KubeSettings {
+        namespace: setup.ns.name.clone(),
+        node: setup.node.clone(),
+        exec_path,
+        requests_percent: 10,
+        // Nothing answers here: a path that used the Docker Engine would fail.
+        docker_socket: Some("unix:///nonexistent/docker.sock".to_string()),
+        cri_socket: Some(cri_socket()),
+    };
+    let err = KubeRuntime::connect_with(setup.client.clone(), settings(ExecPath::Runtime))
+        .await
+        .expect_err("the runtime path needs the Docker Engine");
+    assert!(err.to_string().contains("nonexistent"), "{err}");
+    let rt = KubeRuntime::connect_with(setup.client.clone(), settings(ExecPath::Cri))
+        .await
+        .unwrap_or_else(|e| panic!("the cri path connects without Docker: {e}"));
+    rt.ping().await.unwrap();
+    assert!(rt.image_present(&image()).await.unwrap());
+    let info = setup.running_pod(&rt).await;
+    let pod = &info.pod_id;
+    let out = rt
+        .exec(
+            pod,
+            ContainerRole::Db,
+            ExecRequest::new(["sh", "-c", "cat; echo \" $(id -u)\""]).stdin("hello"),
+        )
+        .await
+        .unwrap();
+    assert_ok("exec with input", &out);
+    assert_eq!(out.stdout_str(), "hello 0\n");
+    rt.stop_pod(pod, Duration::from_secs(2)).await.unwrap();
+    rt.remove_pod(pod).await.unwrap();
+    assert!(setup.pods().get_opt(pod.as_str()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn a_missing_image_is_refused_before_any_pod_is_made() {
     let Some(setup) = Setup::new().await else {
         return;

@@ -167,6 +167,14 @@ impl KubeRuntime {
         let client = kube::Client::try_default().await.map_err(|e| {
             RuntimeError::Unreachable(format!("no Kubernetes API server configuration: {e}"))
         })?;
+        Self::connect_with(client, settings).await
+    }
+
+    /// [`Self::connect`] with an existing API server client.
+    pub async fn connect_with(
+        client: kube::Client,
+        settings: KubeSettings,
+    ) -> Result<Self, RuntimeError> {
         let docker = match settings.exec_path {
             ExecPath::Cri => None,
             _ => Some(
