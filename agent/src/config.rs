@@ -149,7 +149,8 @@ pub struct RawConfig {
     /// File holding the API bearer token; generated (mode 0600) when absent. Default: <data-dir>/token.
     #[arg(long, env = "CLONEPOOL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
-    /// Docker Engine socket (unix path or URL); default: the engine's usual socket.
+    /// Docker Engine socket (unix path or URL); default: the engine's usual socket. Not used
+    /// with --backend kubernetes and --exec-path cri (that path needs no Docker Engine).
     #[arg(long, env = "CLONEPOOL_DOCKER_SOCKET")]
     pub docker_socket: Option<String>,
     /// Docker network the pods join.
@@ -169,7 +170,8 @@ pub struct RawConfig {
     pub kube_namespace: String,
     /// How commands reach the pods' containers: runtime (the node's Docker Engine, directly),
     /// apiserver (the API server's pods/exec; kubernetes backend only, to compare) or cri (the
-    /// kubelet's CRI runtime socket, --cri-socket; kubernetes backend only, containerd nodes).
+    /// kubelet's CRI runtime socket, --cri-socket, for everything the Docker Engine does on the
+    /// other paths: kubernetes backend only, no Docker Engine needed, e.g. containerd nodes).
     #[arg(long, env = "CLONEPOOL_EXEC_PATH", default_value = "runtime")]
     pub exec_path: String,
     /// The kubelet's CRI runtime socket (exec path cri): containerd's by default, or e.g.

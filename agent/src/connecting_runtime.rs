@@ -90,8 +90,8 @@ impl ConnectingRuntime {
         .with_exec_counter(execs)
     }
 
-    /// The Kubernetes API server and the node's Docker Engine (see [`KubeRuntime::connect`]),
-    /// connected when first needed.
+    /// The Kubernetes API server and the node's Docker Engine, or its CRI runtime socket (see
+    /// [`KubeRuntime::connect`]), connected when first needed.
     pub fn kube(settings: KubeSettings) -> Self {
         let execs = ExecCounter::default();
         let counter = execs.clone();

@@ -5,7 +5,9 @@
 //! unless `CLONEPOOL_KUBE_REQUIRED` is set.
 //!
 //! The CRI exec path talks to the kubelet's runtime socket: the cluster's dockershim at
-//! /var/lib/clonepool-kube/run/dockershim.sock, or `CLONEPOOL_CRI_SOCKET`.
+//! /var/lib/clonepool-kube/run/dockershim.sock, or `CLONEPOOL_CRI_SOCKET`. A runtime on that
+//! path is built without any Docker client, so whatever it does cannot go through the Docker
+//! Engine (the Pods' containers are Docker containers underneath, behind the dockershim).
 
 use bollard::query_parameters::{KillContainerOptions, ListContainersOptions};
 use bollard::Docker;
@@ -203,10 +205,12 @@ impl Setup {
         self.runtime_in(&self.ns.name, exec_path)
     }
 
+    /// A runtime on `exec_path`; on [`ExecPath::Cri`] without any Docker client (and without
+    /// its CRI client: see [`Self::connected_in`]).
     fn runtime_in(&self, namespace: &str, exec_path: ExecPath) -> KubeRuntime {
         KubeRuntime::new(
             self.client.clone(),
-            self.docker.clone(),
+            (exec_path != ExecPath::Cri).then(|| self.docker.clone()),
             KubeSettings {
                 namespace: namespace.to_string(),
                 node: self.node.clone(),
@@ -218,7 +222,12 @@ impl Setup {
         )
     }
 
-    /// A runtime on `exec_path`, connected to the CRI runtime socket when that is the path.
+    /// A runtime on `exec_path`, connected to the CRI runtime socket (and to no Docker Engine)
+    /// when that is the path.
+    async fn connected(&self, exec_path: ExecPath) -> KubeRuntime {
+        self.connected_in(&self.ns.name, exec_path).await
+    }
+
     async fn connected_in(&self, namespace: &str, exec_path: ExecPath) -> KubeRuntime {
         let rt = self.runtime_in(namespace, exec_path);
         if exec_path != ExecPath::Cri {
@@ -726,33 +735,101 @@ async fn a_warm_pod_is_claimed_released_and_reset_to_warm_through_each_exec_path
     );
 }
 
-#[tokio::test]
-#[ignore = "needs Docker and the workload image: run scripts/test"]
-async fn an_archive_round_trips_through_the_nodes_runtime() {
-    let Some(setup) = Setup::new().await else {
-        return;
-    };
-    let rt = setup.runtime(ExecPath::Runtime);
-    let info = setup.running_pod(&rt).await;
-    let pod = &info.pod_id;
-    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+/// A tar of `entries` (path, uid, mode, content; a path ending in `/` is a directory).
+fn tar_of(entries: &[(&str, u64, u32, &[u8])]) -> Vec<u8> {
     let mut builder = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(content.len() as u64);
-    header.set_mode(0o644);
-    header.set_cksum();
-    builder
-        .append_data(&mut header, "upload/blob.bin", content.as_slice())
-        .unwrap();
-    let tar_bytes = builder.into_inner().unwrap();
+    for (path, uid, mode, content) in entries {
+        let mut header = tar::Header::new_gnu();
+        header.set_uid(*uid);
+        header.set_gid(*uid);
+        header.set_mode(*mode);
+        header.set_mtime(1_700_000_000);
+        if path.ends_with('/') {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            header.set_cksum();
+            builder.append_data(&mut header, path, &[][..]).unwrap();
+        } else {
+            header.set_size(content.len() as u64);
+            header.set_cksum();
+            builder.append_data(&mut header, path, *content).unwrap();
+        }
+    }
+    builder.into_inner().unwrap()
+}
+
+/// The entries of a tar: (path, uid, mode, content).
+fn entries_of(tar_bytes: &[u8]) -> Vec<(String, u64, u32, Vec<u8>)> {
+    let mut archive = tar::Archive::new(tar_bytes);
+    archive
+        .entries()
+        .unwrap()
+        .map(|entry| {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let uid = entry.header().uid().unwrap();
+            let mode = entry.header().mode().unwrap() & 0o7777;
+            let mut content = Vec::new();
+            entry.read_to_end(&mut content).unwrap();
+            (path, uid, mode, content)
+        })
+        .collect()
+}
+
+/// What `rt` makes of an archive put into a pod and taken out again, checked as a user would:
+/// the files land with the archive's owners and modes, come back under the path's last
+/// component, big archives pass whole, missing paths are `PathNotFound`. Answers the entries
+/// of the directory taken back.
+async fn archive_round_trip(rt: &KubeRuntime, pod: &PodId) -> Vec<(String, u64, u32, Vec<u8>)> {
+    let content: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
     rt.put_archive(
         pod,
         ContainerRole::Web,
         "/tmp",
-        archive_from_bytes(tar_bytes),
+        archive_from_bytes(tar_of(&[
+            ("upload/", 33, 0o750, b""),
+            ("upload/blob.bin", 33, 0o640, &content),
+            ("upload/sub/", 0, 0o755, b""),
+            ("upload/sub/note.txt", 0, 0o600, b"a note\n"),
+        ])),
     )
     .await
     .unwrap();
+    let listed = rt
+        .exec(
+            pod,
+            ContainerRole::Web,
+            ExecRequest::new([
+                "stat",
+                "-c",
+                "%n %u %a %s",
+                "/tmp/upload/blob.bin",
+                "/tmp/upload/sub/note.txt",
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_ok("stat", &listed);
+    let dir_mode = rt
+        .exec(
+            pod,
+            ContainerRole::Web,
+            ExecRequest::new(["stat", "-c", "%u %a", "/tmp/upload"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        dir_mode.stdout_str(),
+        "33 750\n",
+        "the directory's owner and mode"
+    );
+    assert_eq!(
+        listed.stdout_str(),
+        "/tmp/upload/blob.bin 33 640 200000\n/tmp/upload/sub/note.txt 0 600 7\n",
+        "owners and modes from the archive"
+    );
+
+    // One file: the archive's only entry is its name.
     let back = collect_archive(
         rt.get_archive(pod, ContainerRole::Web, "/tmp/upload/blob.bin")
             .await
@@ -760,11 +837,95 @@ async fn an_archive_round_trips_through_the_nodes_runtime() {
     )
     .await
     .unwrap();
-    let mut archive = tar::Archive::new(back.as_slice());
-    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
-    let mut read = Vec::new();
-    entry.read_to_end(&mut read).unwrap();
-    assert_eq!(read, content);
+    let file = entries_of(&back);
+    assert_eq!(file.len(), 1);
+    assert_eq!(file[0].0, "blob.bin");
+    assert_eq!((file[0].1, file[0].2), (33, 0o640));
+    assert_eq!(file[0].3, content);
+
+    // A directory: its name on top, everything under it.
+    let dir = entries_of(
+        &collect_archive(
+            rt.get_archive(pod, ContainerRole::Web, "/tmp/upload")
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+    let mut names: Vec<&str> = dir.iter().map(|e| e.0.trim_end_matches('/')).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "upload",
+            "upload/blob.bin",
+            "upload/sub",
+            "upload/sub/note.txt"
+        ]
+    );
+
+    // Tens of megabytes, streamed both ways (about 24 MB of incompressible bytes).
+    let mut big = vec![0u8; 24 << 20];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in big.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    let big_tar = tar_of(&[("big.bin", 0, 0o644, &big)]);
+    // In uneven pieces, as a file is read.
+    let pieces: Vec<Result<bytes::Bytes, std::io::Error>> = big_tar
+        .chunks(100_003)
+        .map(|c| Ok(bytes::Bytes::copy_from_slice(c)))
+        .collect();
+    let started = Instant::now();
+    rt.put_archive(
+        pod,
+        ContainerRole::Db,
+        "/tmp",
+        Box::pin(futures_util::stream::iter(pieces)),
+    )
+    .await
+    .unwrap();
+    let put = started.elapsed();
+    let started = Instant::now();
+    let back = collect_archive(
+        rt.get_archive(pod, ContainerRole::Db, "/tmp/big.bin")
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    eprintln!(
+        "{}: 24 MiB archive put in {put:?}, taken back in {:?}",
+        rt.settings().exec_path,
+        started.elapsed()
+    );
+    let big_back = entries_of(&back);
+    assert_eq!(big_back.len(), 1);
+    assert!(
+        big_back[0].3 == big,
+        "the big file comes back byte for byte"
+    );
+
+    // A source that fails midway fails the put, saying so.
+    let failing: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+        Ok(bytes::Bytes::copy_from_slice(&big_tar[..50_000])),
+        Err(std::io::Error::other("the spool broke")),
+    ];
+    let err = rt
+        .put_archive(
+            pod,
+            ContainerRole::Web,
+            "/tmp",
+            Box::pin(futures_util::stream::iter(failing)),
+        )
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("the spool broke"), "{err}");
+
     let missing = rt
         .get_archive(pod, ContainerRole::Web, "/nonexistent/path")
         .await
@@ -774,6 +935,44 @@ async fn an_archive_round_trips_through_the_nodes_runtime() {
         matches!(missing, RuntimeError::PathNotFound { .. }),
         "{missing}"
     );
+    let missing = rt
+        .put_archive(
+            pod,
+            ContainerRole::Web,
+            "/nonexistent/dir",
+            archive_from_bytes(tar_of(&[("x.txt", 0, 0o644, b"x")])),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, RuntimeError::PathNotFound { .. }),
+        "{missing}"
+    );
+    dir
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn an_archive_round_trips_through_the_nodes_runtime() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let rt = setup.runtime(ExecPath::Runtime);
+    let info = setup.running_pod(&rt).await;
+    let through_docker = archive_round_trip(&rt, &info.pod_id).await;
+    // The same through the CRI alone (the runtime has no Docker client), on a pod it made.
+    let cri = setup.connected(ExecPath::Cri).await;
+    let info = setup.running_pod(&cri).await;
+    let through_cri = archive_round_trip(&cri, &info.pod_id).await;
+    let sorted = |mut v: Vec<(String, u64, u32, Vec<u8>)>| {
+        v.sort();
+        v
+    };
+    assert_eq!(
+        sorted(through_cri),
+        sorted(through_docker),
+        "the same archive comes back either way"
+    );
 }
 
 #[tokio::test]
@@ -782,8 +981,18 @@ async fn recreating_a_container_gets_a_fresh_one_from_the_kubelet_and_no_death_i
     let Some(setup) = Setup::new().await else {
         return;
     };
-    let rt = setup.runtime(ExecPath::Runtime);
-    let info = setup.running_pod(&rt).await;
+    for path in [ExecPath::Runtime, ExecPath::Cri] {
+        let rt = setup.connected(path).await;
+        recreate_and_stop(&setup, &rt).await;
+    }
+}
+
+/// Recreates the web container of a fresh pod through `rt`, then stops it: the kubelet
+/// replaces it both times.
+async fn recreate_and_stop(setup: &Setup, rt: &KubeRuntime) {
+    let path = rt.settings().exec_path;
+    rt.ping().await.unwrap();
+    let info = setup.running_pod(rt).await;
     let pod = info.pod_id.clone();
     assert_ok(
         "marker",
@@ -800,7 +1009,10 @@ async fn recreating_a_container_gets_a_fresh_one_from_the_kubelet_and_no_death_i
     rt.recreate_container(&pod, ContainerRole::Web)
         .await
         .unwrap();
-    eprintln!("recreate web through the kubelet: {:?}", started.elapsed());
+    eprintln!(
+        "{path}: recreate web through the kubelet: {:?}",
+        started.elapsed()
+    );
     let after = rt.inspect_pod(&pod).await.unwrap();
     assert!(after.is_running(), "{after:?}");
     let new = after.container(ContainerRole::Web).unwrap().id.clone();
@@ -824,7 +1036,52 @@ async fn recreating_a_container_gets_a_fresh_one_from_the_kubelet_and_no_death_i
     // resets); afterwards the pod must read as whole, also after the kubelet's later reports.
     tokio::time::sleep(Duration::from_secs(3)).await;
     // And the pod reads as whole, now and after the kubelet's next status report.
-    assert!(rt.inspect_pod(&pod).await.unwrap().is_running());
+    let whole = rt.inspect_pod(&pod).await.unwrap();
+    assert!(
+        whole.is_running(),
+        "{path}: {whole:?}; on the node: {:?}",
+        setup.docker_ids(&pod).await
+    );
+    let in_docker = setup.docker_ids(&pod).await;
+    assert!(
+        in_docker
+            .iter()
+            .any(|(name, id, running)| name == "web" && *id == new && *running),
+        "{path}: the new web container runs on the node: {in_docker:?}"
+    );
+    assert!(
+        !in_docker.iter().any(|(_, id, _)| *id == old),
+        "{path}: the old one is removed: {in_docker:?}"
+    );
+
+    // A stopped container: gone from the pod (the kubelet starts another one, which is not
+    // the one the agent expects).
+    rt.stop_container(&pod, ContainerRole::Db, Duration::from_secs(2))
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let stopped = setup
+            .docker_ids(&pod)
+            .await
+            .iter()
+            .any(|(name, id, running)| {
+                name == "db" && *id == info.container(ContainerRole::Db).unwrap().id && !*running
+            });
+        if stopped {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{path}: db stopped");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Once the kubelet noticed (its restart runs under an id the agent did not record).
+    while rt.inspect_pod(&pod).await.unwrap().is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "{path}: the pod reads as not running"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 #[tokio::test]
@@ -981,19 +1238,66 @@ async fn only_pods_of_the_own_node_are_listed_inspected_or_removed() {
 
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn the_cri_path_connects_and_runs_pods_with_no_docker_engine_to_reach() {
+    let Some(setup) = Setup::new().await else {
+        return;
+    };
+    let settings = |exec_path| KubeSettings {
+        namespace: setup.ns.name.clone(),
+        node: setup.node.clone(),
+        exec_path,
+        requests_percent: 10,
+        // Nothing answers here: a path that used the Docker Engine would fail.
+        docker_socket: Some("unix:///nonexistent/docker.sock".to_string()),
+        cri_socket: Some(cri_socket()),
+    };
+    let err = KubeRuntime::connect_with(setup.client.clone(), settings(ExecPath::Runtime))
+        .await
+        .expect_err("the runtime path needs the Docker Engine");
+    assert!(err.to_string().contains("nonexistent"), "{err}");
+    let rt = KubeRuntime::connect_with(setup.client.clone(), settings(ExecPath::Cri))
+        .await
+        .unwrap_or_else(|e| panic!("the cri path connects without Docker: {e}"));
+    rt.ping().await.unwrap();
+    assert!(rt.image_present(&image()).await.unwrap());
+    let info = setup.running_pod(&rt).await;
+    let pod = &info.pod_id;
+    let out = rt
+        .exec(
+            pod,
+            ContainerRole::Db,
+            ExecRequest::new(["sh", "-c", "cat; echo \" $(id -u)\""]).stdin("hello"),
+        )
+        .await
+        .unwrap();
+    assert_ok("exec with input", &out);
+    assert_eq!(out.stdout_str(), "hello 0\n");
+    rt.stop_pod(pod, Duration::from_secs(2)).await.unwrap();
+    rt.remove_pod(pod).await.unwrap();
+    assert!(setup.pods().get_opt(pod.as_str()).await.unwrap().is_none());
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn a_missing_image_is_refused_before_any_pod_is_made() {
     let Some(setup) = Setup::new().await else {
         return;
     };
-    let rt = setup.runtime(ExecPath::Runtime);
-    let pod = new_pod_id();
-    let err = rt
-        .create_pod(&PodSpec {
-            image: "clonepool/does-not-exist:nope".to_string(),
-            ..setup.spec(&pod)
-        })
-        .await
-        .unwrap_err();
-    assert!(matches!(err, RuntimeError::ImageMissing(_)), "{err}");
-    assert!(setup.pods().get_opt(pod.as_str()).await.unwrap().is_none());
+    for path in [ExecPath::Runtime, ExecPath::Cri] {
+        let rt = setup.connected(path).await;
+        assert!(rt.image_present(&image()).await.unwrap(), "{path}");
+        let pod = new_pod_id();
+        let err = rt
+            .create_pod(&PodSpec {
+                image: "clonepool/does-not-exist:nope".to_string(),
+                ..setup.spec(&pod)
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, RuntimeError::ImageMissing(_)),
+            "{path}: {err}"
+        );
+        assert!(setup.pods().get_opt(pod.as_str()).await.unwrap().is_none());
+    }
 }

@@ -1,7 +1,10 @@
 //! `CriClient`: a small CRI v1 client over the kubelet's container runtime socket (containerd's,
-//! or cri-dockerd's), for [`ExecPath::Cri`](super::ExecPath::Cri): `RuntimeService/Version` (the
-//! health check), `ExecSync` (commands without standard input) and `Exec` (a one-time URL on the
-//! runtime's streaming server, for commands that read standard input).
+//! or cri-dockerd's), for [`ExecPath::Cri`](super::ExecPath::Cri), which needs no Docker Engine:
+//! `RuntimeService/Version` (the health check), `ExecSync` (commands without standard input),
+//! `Exec` (a one-time URL on the runtime's streaming server, for commands that read standard
+//! input or stream their output), `ListContainers`, `StopContainer`, `StartContainer` and
+//! `RemoveContainer`, and `ImageService/ImageStatus` (on the same socket, as containerd and
+//! cri-dockerd serve it).
 //!
 //! The messages are written by hand with `prost` (only the fields used, same tags as the CRI v1
 //! `api.proto`), so building needs no `protoc`. Unknown fields in answers are skipped by prost.
@@ -88,6 +91,106 @@ pub struct ExecResponse {
     #[prost(string, tag = "1")]
     pub url: String,
 }
+
+/// `runtime.v1.ImageSpec`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImageSpec {
+    #[prost(string, tag = "1")]
+    pub image: String,
+}
+
+/// `runtime.v1.ImageStatusRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImageStatusRequest {
+    #[prost(message, optional, tag = "1")]
+    pub image: Option<ImageSpec>,
+    #[prost(bool, tag = "2")]
+    pub verbose: bool,
+}
+
+/// `runtime.v1.Image` (the id only).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Image {
+    #[prost(string, tag = "1")]
+    pub id: String,
+}
+
+/// `runtime.v1.ImageStatusResponse`: no `image` when the runtime does not hold it.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ImageStatusResponse {
+    #[prost(message, optional, tag = "1")]
+    pub image: Option<Image>,
+}
+
+/// `runtime.v1.ContainerStateValue`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerStateValue {
+    #[prost(int32, tag = "1")]
+    pub state: i32,
+}
+
+/// `runtime.v1.ContainerFilter`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerFilter {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(message, optional, tag = "2")]
+    pub state: Option<ContainerStateValue>,
+    #[prost(string, tag = "3")]
+    pub pod_sandbox_id: String,
+    #[prost(map = "string, string", tag = "4")]
+    pub label_selector: std::collections::HashMap<String, String>,
+}
+
+/// `runtime.v1.ListContainersRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListContainersRequest {
+    #[prost(message, optional, tag = "1")]
+    pub filter: Option<ContainerFilter>,
+}
+
+/// `runtime.v1.ContainerState.CONTAINER_RUNNING`.
+pub const CONTAINER_RUNNING: i32 = 1;
+
+/// `runtime.v1.Container` (the fields used).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Container {
+    #[prost(string, tag = "1")]
+    pub id: String,
+    #[prost(int32, tag = "6")]
+    pub state: i32,
+    /// Nanoseconds since the epoch.
+    #[prost(int64, tag = "7")]
+    pub created_at: i64,
+}
+
+/// `runtime.v1.ListContainersResponse`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ListContainersResponse {
+    #[prost(message, repeated, tag = "1")]
+    pub containers: Vec<Container>,
+}
+
+/// `runtime.v1.StopContainerRequest`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct StopContainerRequest {
+    #[prost(string, tag = "1")]
+    pub container_id: String,
+    /// Seconds the container gets before it is killed.
+    #[prost(int64, tag = "2")]
+    pub timeout: i64,
+}
+
+/// `runtime.v1.StartContainerRequest`, `RemoveContainerRequest` (both just the id).
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ContainerIdRequest {
+    #[prost(string, tag = "1")]
+    pub container_id: String,
+}
+
+/// The empty answers of `StopContainer`, `StartContainer` and `RemoveContainer`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Empty {}
 
 /// Why a CRI call failed.
 #[derive(Debug, thiserror::Error)]
@@ -213,16 +316,98 @@ impl CriClient {
     /// `RuntimeService/Exec`: a one-time URL on the runtime's streaming server that runs `cmd`
     /// in `container_id` with standard input, output and error attached (no TTY).
     pub async fn exec_url(&self, container_id: &str, cmd: Vec<String>) -> Result<String, CriError> {
+        self.exec_url_with(container_id, cmd, true).await
+    }
+
+    /// [`Self::exec_url`], standard input attached only when `stdin`.
+    pub async fn exec_url_with(
+        &self,
+        container_id: &str,
+        cmd: Vec<String>,
+        stdin: bool,
+    ) -> Result<String, CriError> {
         let request = ExecRequest {
             container_id: container_id.to_string(),
             cmd,
             tty: false,
-            stdin: true,
+            stdin,
             stdout: true,
             stderr: true,
         };
         let answer: ExecResponse = self.unary("Exec", request, CALL_TIMEOUT).await?;
         Ok(answer.url)
+    }
+
+    /// `ImageService/ImageStatus`: the runtime's id of `image`, `None` when it does not hold it.
+    pub async fn image_id(&self, image: &str) -> Result<Option<String>, CriError> {
+        let request = ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: image.to_string(),
+            }),
+            verbose: false,
+        };
+        let answer: ImageStatusResponse = self.unary("ImageStatus", request, CALL_TIMEOUT).await?;
+        Ok(answer.image.map(|i| i.id))
+    }
+
+    /// `RuntimeService/ListContainers`: the containers (any state) carrying all of `labels`.
+    pub async fn list_containers(
+        &self,
+        labels: std::collections::HashMap<String, String>,
+    ) -> Result<Vec<Container>, CriError> {
+        let request = ListContainersRequest {
+            filter: Some(ContainerFilter {
+                label_selector: labels,
+                ..Default::default()
+            }),
+        };
+        let answer: ListContainersResponse =
+            self.unary("ListContainers", request, CALL_TIMEOUT).await?;
+        Ok(answer.containers)
+    }
+
+    /// `RuntimeService/StopContainer`: stops `container_id`, killing it after `grace` (whole
+    /// seconds, rounded up).
+    pub async fn stop_container(
+        &self,
+        container_id: &str,
+        grace: Duration,
+    ) -> Result<(), CriError> {
+        let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
+        let request = StopContainerRequest {
+            container_id: container_id.to_string(),
+            timeout: i64::try_from(secs).unwrap_or(i64::MAX),
+        };
+        let _: Empty = self
+            .unary(
+                "StopContainer",
+                request,
+                CALL_TIMEOUT.saturating_add(Duration::from_secs(120 + secs)),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// `RuntimeService/StartContainer`.
+    pub async fn start_container(&self, container_id: &str) -> Result<(), CriError> {
+        let request = ContainerIdRequest {
+            container_id: container_id.to_string(),
+        };
+        let _: Empty = self
+            .unary("StartContainer", request, Duration::from_secs(120))
+            .await?;
+        Ok(())
+    }
+
+    /// `RuntimeService/RemoveContainer`: removes `container_id`, running or not.
+    pub async fn remove_container(&self, container_id: &str) -> Result<(), CriError> {
+        let request = ContainerIdRequest {
+            container_id: container_id.to_string(),
+        };
+        let _: Empty = self
+            .unary("RemoveContainer", request, Duration::from_secs(120))
+            .await?;
+        Ok(())
     }
 
     async fn unary<Req, Resp>(
@@ -267,6 +452,11 @@ impl CriClient {
                 "Version" => "/runtime.v1.RuntimeService/Version",
                 "ExecSync" => "/runtime.v1.RuntimeService/ExecSync",
                 "Exec" => "/runtime.v1.RuntimeService/Exec",
+                "ListContainers" => "/runtime.v1.RuntimeService/ListContainers",
+                "StopContainer" => "/runtime.v1.RuntimeService/StopContainer",
+                "StartContainer" => "/runtime.v1.RuntimeService/StartContainer",
+                "RemoveContainer" => "/runtime.v1.RuntimeService/RemoveContainer",
+                "ImageStatus" => "/runtime.v1.ImageService/ImageStatus",
                 _ => unreachable!("no such CRI method in this client"),
             });
             let mut request = tonic::Request::new(message);
@@ -338,6 +528,38 @@ mod tests {
         assert_eq!(answer.stdout, b"ok");
         assert_eq!(answer.stderr, b"e");
         assert_eq!(answer.exit_code, 3, "an unknown field 4 is skipped");
+    }
+
+    #[test]
+    fn image_status_and_list_messages_use_the_cri_field_numbers() {
+        let request = ImageStatusRequest {
+            image: Some(ImageSpec {
+                image: "a:b".to_string(),
+            }),
+            verbose: false,
+        };
+        // field 1 (message: field 1 string "a:b")
+        assert_eq!(
+            request.encode_to_vec(),
+            [0x0a, 5, 0x0a, 3, b'a', b':', b'b']
+        );
+        let held = ImageStatusResponse::decode(&[0x0a, 4, 0x0a, 2, b'i', b'd'][..]).unwrap();
+        assert_eq!(held.image.map(|i| i.id).as_deref(), Some("id"));
+        let absent = ImageStatusResponse::decode(&[][..]).unwrap();
+        assert_eq!(absent.image, None);
+        // containers { id "c" (1), state RUNNING (6), created_at 9 (7), labels (8, skipped) }
+        let listed = ListContainersResponse::decode(
+            &[0x0a, 11, 0x0a, 1, b'c', 0x30, 1, 0x38, 9, 0x42, 2, 0x0a, 0][..],
+        )
+        .unwrap();
+        assert_eq!(
+            listed.containers,
+            [Container {
+                id: "c".to_string(),
+                state: CONTAINER_RUNNING,
+                created_at: 9
+            }]
+        );
     }
 
     #[test]

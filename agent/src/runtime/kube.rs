@@ -34,6 +34,20 @@
 //!
 //! `stop_pod`, `stop_container` and `start_container` act on the Docker containers directly;
 //! the kubelet restarts a stopped container (it then runs under a new id: see above).
+//!
+//! **No Docker Engine with [`ExecPath::Cri`].** On that path the runtime has no Docker client
+//! at all (a containerd node has no Docker socket): everything the other paths do through the
+//! Docker Engine goes through the kubelet's CRI runtime socket instead. The health check asks
+//! the CRI `Version`, `image_present` the CRI `ImageStatus`; containers are found with CRI
+//! `ListContainers` (by the same `io.kubernetes.*` labels, which the kubelet gives the CRI) and
+//! stopped, started and removed with `StopContainer`, `StartContainer` and `RemoveContainer`.
+//! Archives go through the runtime's streaming `Exec` running the container's own GNU `tar` as
+//! root (`--numeric-owner`: ownership and modes from the archive, as the Docker Engine unpacks
+//! them): `put_archive` runs `tar -x -C <dest>` fed with the archive in length-prefixed frames
+//! (see [`CRI_PUT_SCRIPT`]: nothing is staged, whatever the archive's size), `get_archive` runs
+//! `tar -c -C <dir> <name>` and streams its output (the archive's top entry is the path's last
+//! component, as with the Docker Engine). The workload image must have GNU `tar`, `head` and
+//! `sh`.
 
 use super::cri::{self, CriClient, CriError};
 use super::docker_calls::{self, engine_error, is_no_such_container, is_not_running, CallError};
@@ -109,7 +123,8 @@ pub struct KubeSettings {
     /// agent's per-container limits, as in Docker mode; requests at 100 % would let a small
     /// node hold only a few pods (the kubelet admits Pods by their requests).
     pub requests_percent: u32,
-    /// The node's Docker Engine socket (unix path or URL); default: the usual socket.
+    /// The node's Docker Engine socket (unix path or URL); default: the usual socket. Not used
+    /// with [`ExecPath::Cri`].
     pub docker_socket: Option<String>,
     /// The kubelet's CRI runtime socket, for [`ExecPath::Cri`]; default: containerd's.
     pub cri_socket: Option<PathBuf>,
@@ -118,11 +133,14 @@ pub struct KubeSettings {
 /// The CRI runtime socket [`ExecPath::Cri`] uses when none is configured: containerd's.
 pub const DEFAULT_CRI_SOCKET: &str = "/run/containerd/containerd.sock";
 
-/// The `ContainerRuntime` over a Kubernetes API server and the node's Docker Engine.
+/// The `ContainerRuntime` over a Kubernetes API server and the node's Docker Engine (or, with
+/// [`ExecPath::Cri`], the kubelet's CRI runtime socket and no Docker Engine).
 pub struct KubeRuntime {
     pods: Api<Pod>,
     client: kube::Client,
-    docker: Docker,
+    /// The node's Docker Engine; never used (and `None` from [`Self::connect`]) with
+    /// [`ExecPath::Cri`].
+    docker: Option<Docker>,
     /// The kubelet's CRI runtime, when commands go that way ([`ExecPath::Cri`]).
     cri: Option<CriClient>,
     settings: KubeSettings,
@@ -142,17 +160,30 @@ impl std::fmt::Debug for KubeRuntime {
 }
 
 impl KubeRuntime {
-    /// Connects to the API server (inferred configuration), to the node's Docker Engine (API
-    /// version negotiated) and, for [`ExecPath::Cri`], to the CRI runtime socket (which must
-    /// exist and answer `Version`).
+    /// Connects to the API server (inferred configuration) and to the node's Docker Engine (API
+    /// version negotiated), or, for [`ExecPath::Cri`], to the CRI runtime socket (which must
+    /// exist and answer `Version`) and to no Docker Engine.
     pub async fn connect(settings: KubeSettings) -> Result<Self, RuntimeError> {
         let client = kube::Client::try_default().await.map_err(|e| {
             RuntimeError::Unreachable(format!("no Kubernetes API server configuration: {e}"))
         })?;
-        let docker = DockerRuntime::connect(settings.docker_socket.as_deref())
-            .await?
-            .client()
-            .clone();
+        Self::connect_with(client, settings).await
+    }
+
+    /// [`Self::connect`] with an existing API server client.
+    pub async fn connect_with(
+        client: kube::Client,
+        settings: KubeSettings,
+    ) -> Result<Self, RuntimeError> {
+        let docker = match settings.exec_path {
+            ExecPath::Cri => None,
+            _ => Some(
+                DockerRuntime::connect(settings.docker_socket.as_deref())
+                    .await?
+                    .client()
+                    .clone(),
+            ),
+        };
         let cri = match settings.exec_path {
             ExecPath::Cri => {
                 let socket = settings
@@ -170,8 +201,9 @@ impl KubeRuntime {
         })
     }
 
-    /// A runtime over an existing client and engine.
-    pub fn new(client: kube::Client, docker: Docker, settings: KubeSettings) -> Self {
+    /// A runtime over an existing client and engine (`None` with [`ExecPath::Cri`], which
+    /// needs a CRI client instead: [`Self::with_cri`]).
+    pub fn new(client: kube::Client, docker: Option<Docker>, settings: KubeSettings) -> Self {
         Self {
             pods: Api::namespaced(client.clone(), &settings.namespace),
             client,
@@ -199,6 +231,30 @@ impl KubeRuntime {
         &self.settings
     }
 
+    /// The node's runtime the container calls go to: the kubelet's CRI runtime with
+    /// [`ExecPath::Cri`], else the Docker Engine.
+    fn node_runtime(&self) -> Result<NodeRuntime<'_>, RuntimeError> {
+        match (self.settings.exec_path, &self.cri, &self.docker) {
+            (ExecPath::Cri, Some(cri), _) => Ok(NodeRuntime::Cri(cri)),
+            (ExecPath::Cri, None, _) => Err(RuntimeError::Engine(
+                "exec path cri without a CRI runtime connection".to_string(),
+            )),
+            (_, _, Some(docker)) => Ok(NodeRuntime::Docker(docker)),
+            (path, _, None) => Err(RuntimeError::Engine(format!(
+                "exec path {path} without a Docker Engine connection"
+            ))),
+        }
+    }
+
+    fn docker(&self) -> Result<&Docker, RuntimeError> {
+        match self.node_runtime()? {
+            NodeRuntime::Docker(docker) => Ok(docker),
+            NodeRuntime::Cri(_) => Err(RuntimeError::Engine(
+                "exec path cri uses no Docker Engine".to_string(),
+            )),
+        }
+    }
+
     /// The Pod of `pod` when it exists and belongs to this node.
     async fn own_pod(&self, pod: &PodId) -> Result<Option<Pod>, RuntimeError> {
         let found = self.pods.get_opt(pod.as_str()).await.map_err(api_error)?;
@@ -223,12 +279,31 @@ impl KubeRuntime {
         }
     }
 
-    /// Docker containers of `role` of `pod`, as `(id, running, created)`.
+    /// Containers of `role` of `pod` in the node's runtime (Docker's or, with
+    /// [`ExecPath::Cri`], the CRI's), as `(id, running, created)`.
     async fn docker_containers(
         &self,
         pod: &PodId,
         role: ContainerRole,
     ) -> Result<Vec<(String, bool, i64)>, RuntimeError> {
+        let docker = match self.node_runtime()? {
+            NodeRuntime::Docker(docker) => docker,
+            NodeRuntime::Cri(cri) => {
+                let labels = HashMap::from([
+                    (
+                        DOCKER_LABEL_NAMESPACE.to_string(),
+                        self.settings.namespace.clone(),
+                    ),
+                    (DOCKER_LABEL_POD.to_string(), pod.to_string()),
+                    (DOCKER_LABEL_CONTAINER.to_string(), role.to_string()),
+                ]);
+                let found = cri.list_containers(labels).await.map_err(cri_error)?;
+                return Ok(found
+                    .into_iter()
+                    .map(|c| (c.id, c.state == cri::CONTAINER_RUNNING, c.created_at))
+                    .collect());
+            }
+        };
         let options = ListContainersOptions {
             all: true,
             filters: Some(HashMap::from([(
@@ -241,8 +316,7 @@ impl KubeRuntime {
             )])),
             ..Default::default()
         };
-        let found = self
-            .docker
+        let found = docker
             .list_containers(Some(options))
             .await
             .map_err(engine_error)?;
@@ -350,7 +424,7 @@ impl KubeRuntime {
         let mut retried = false;
         loop {
             let id = self.resolve(pod, role).await?;
-            match docker_calls::exec(&self.docker, &id, request).await {
+            match docker_calls::exec(self.docker()?, &id, request).await {
                 Ok(output) => return Ok(output),
                 // Only a refused create: nothing ran, so running it again is safe.
                 Err(err @ CallError::Create(_)) if !retried && self.stale(&err, pod, role) => {
@@ -505,6 +579,177 @@ impl KubeRuntime {
         Ok(id)
     }
 
+    /// Maps a failed CRI call on `role` of `pod`: a container the runtime does not have is
+    /// `ContainerNotFound` (or `PodNotFound`).
+    async fn cri_call_error(
+        &self,
+        err: CriError,
+        pod: &PodId,
+        role: ContainerRole,
+    ) -> RuntimeError {
+        if err.is_no_such_container() {
+            self.forget(pod, role);
+            return self.not_found(pod, role).await;
+        }
+        cri_error(err)
+    }
+
+    /// An attached CRI streaming exec of `cmd` in container `id` (see [`Self::exec_cri`]).
+    async fn cri_attach(
+        &self,
+        cri: &CriClient,
+        pod: &PodId,
+        id: &str,
+        cmd: Vec<String>,
+        stdin: bool,
+    ) -> Result<kube::api::AttachedProcess, CriAttachError> {
+        let url = cri
+            .exec_url_with(id, cmd.clone(), stdin)
+            .await
+            .map_err(CriAttachError::Url)?;
+        let client =
+            cri::streaming_client(&url).map_err(|e| CriAttachError::Stream(cri_error(e)))?;
+        let api: Api<Pod> = Api::namespaced(client, &self.settings.namespace);
+        // The name and options are the URL's already: the streaming server ignores what kube
+        // puts in the request line.
+        api.exec(pod.as_str(), cmd, &attach_params(None, stdin))
+            .await
+            .map_err(|e| {
+                CriAttachError::Stream(RuntimeError::Engine(format!("CRI streaming exec: {e}")))
+            })
+    }
+
+    /// `put_archive` through the CRI: the container's `tar -x`, fed through a streaming exec
+    /// (see [`CRI_PUT_SCRIPT`]).
+    async fn put_archive_cri(
+        &self,
+        cri: &CriClient,
+        pod: &PodId,
+        role: ContainerRole,
+        id: &str,
+        dest: &str,
+        tar: ArchiveStream,
+    ) -> Result<(), RuntimeError> {
+        let request = ExecRequest::new(["sh", "-c", CRI_PUT_SCRIPT, dest])
+            .timeout(docker_calls::UPLOAD_TIMEOUT);
+        let cmd = wrapped_command(&request, "CRI")?;
+        let started = Instant::now();
+        let attached = match self.cri_attach(cri, pod, id, cmd, true).await {
+            Ok(attached) => attached,
+            Err(CriAttachError::Url(err)) => return Err(self.cri_call_error(err, pod, role).await),
+            Err(CriAttachError::Stream(err)) => return Err(err),
+        };
+        let source_error: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+        let run = run_framed(attached, tar, source_error.clone());
+        let output = self.bounded(pod, role, &request, started, run).await;
+        if let Some(message) = source_error.lock().ok().and_then(|mut s| s.take()) {
+            return Err(RuntimeError::Engine(format!(
+                "reading the archive to put into {dest}: {message}"
+            )));
+        }
+        let output = output?;
+        match output.exit_code {
+            0 => Ok(()),
+            CRI_ARCHIVE_NO_PATH => Err(RuntimeError::PathNotFound {
+                pod: pod.clone(),
+                role,
+                path: dest.to_string(),
+            }),
+            code => Err(RuntimeError::Engine(format!(
+                "unpacking the archive into {dest}: tar exited {code}: {}",
+                output.stderr_str().trim()
+            ))),
+        }
+    }
+
+    /// `get_archive` through the CRI: the container's `tar -c`, its output streamed (see
+    /// [`CRI_GET_SCRIPT`]). The verdict on the path comes before the stream is handed out.
+    async fn get_archive_cri(
+        &self,
+        cri: &CriClient,
+        pod: &PodId,
+        id: &str,
+        path: &str,
+    ) -> Result<ArchiveStream, GetFailure> {
+        let request = ExecRequest::new(["sh", "-c", CRI_GET_SCRIPT, path])
+            .timeout(docker_calls::UPLOAD_TIMEOUT);
+        let cmd = wrapped_command(&request, "CRI").map_err(GetFailure::Failed)?;
+        let mut attached = match self.cri_attach(cri, pod, id, cmd, false).await {
+            Ok(attached) => attached,
+            Err(CriAttachError::Url(err)) if err.is_no_such_container() || err.is_not_running() => {
+                return Err(GetFailure::Stale)
+            }
+            Err(CriAttachError::Url(err)) => return Err(GetFailure::Failed(cri_error(err))),
+            Err(CriAttachError::Stream(err)) => return Err(GetFailure::Failed(err)),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, GetFailure>>(4);
+        let stdout = attached.stdout();
+        let stderr = attached.stderr();
+        let status = attached.take_status();
+        tokio::spawn(async move {
+            let (Some(stdout), Some(status)) = (stdout, status) else {
+                let _ = tx
+                    .send(Err(GetFailure::Failed(RuntimeError::Engine(
+                        "CRI streaming exec without output".to_string(),
+                    ))))
+                    .await;
+                return;
+            };
+            let forward = async {
+                let mut chunks = tokio_util::io::ReaderStream::with_capacity(stdout, 64 << 10);
+                while let Some(chunk) = chunks.next().await {
+                    match chunk {
+                        Ok(bytes) => {
+                            if tx.send(Ok(bytes)).await.is_err() {
+                                return None;
+                            }
+                        }
+                        Err(err) => return Some(format!("reading tar's output: {err}")),
+                    }
+                }
+                None
+            };
+            let errors = async {
+                let mut out = Vec::new();
+                if let Some(mut stderr) = stderr {
+                    let _ = stderr.read_to_end(&mut out).await;
+                }
+                out
+            };
+            let ended = async { tokio::join!(forward, errors, status) };
+            let (broken, errors, status) = tokio::select! {
+                ended = ended => ended,
+                // Nobody reads any more: end the exec (dropping `attached`).
+                () = tx.closed() => return,
+            };
+            let failure = match (broken, exit_code_of(status.as_ref())) {
+                (Some(message), _) => Some(GetFailure::Failed(RuntimeError::Engine(message))),
+                // 1: some file changed while it was read; the archive is whole.
+                (None, Ok(0 | 1)) => None,
+                (None, Ok(CRI_ARCHIVE_NO_PATH)) => Some(GetFailure::PathMissing),
+                (None, Ok(code)) => Some(GetFailure::Failed(RuntimeError::Engine(format!(
+                    "archiving: tar exited {code}: {}",
+                    String::from_utf8_lossy(&errors).trim()
+                )))),
+                (None, Err(err)) => Some(GetFailure::Failed(err)),
+            };
+            if let Some(failure) = failure {
+                let _ = tx.send(Err(failure)).await;
+            }
+            drop(attached);
+        });
+        let first = match rx.recv().await {
+            None => return Ok(Box::pin(stream::empty())),
+            Some(Ok(bytes)) => bytes,
+            Some(Err(failure)) => return Err(failure),
+        };
+        let rest = stream::unfold(rx, |mut rx| async move {
+            let item = rx.recv().await?;
+            Some((item.map_err(|f| std::io::Error::other(f.to_string())), rx))
+        });
+        Ok(Box::pin(stream::once(async move { Ok(first) }).chain(rest)))
+    }
+
     fn timed_out(&self, pod: &PodId, role: ContainerRole, request: &ExecRequest) -> RuntimeError {
         RuntimeError::ExecTimeout {
             pod: pod.clone(),
@@ -602,18 +847,17 @@ impl KubeRuntime {
 #[async_trait]
 impl ContainerRuntime for KubeRuntime {
     async fn ping(&self) -> Result<(), RuntimeError> {
-        let cri = async {
-            match &self.cri {
-                Some(cri) => cri.version().await.map(|_| ()),
-                None => Ok(()),
+        let node = async {
+            match self.node_runtime()? {
+                NodeRuntime::Cri(cri) => cri.version().await.map(|_| ()).map_err(cri_error),
+                NodeRuntime::Docker(docker) => {
+                    docker.ping().await.map(|_| ()).map_err(engine_error)
+                }
             }
         };
-        let (api, docker, cri) =
-            tokio::join!(self.client.apiserver_version(), self.docker.ping(), cri);
+        let (api, node) = tokio::join!(self.client.apiserver_version(), node);
         api.map_err(api_error)?;
-        docker.map_err(engine_error)?;
-        cri.map_err(cri_error)?;
-        Ok(())
+        node
     }
 
     fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
@@ -622,7 +866,17 @@ impl ContainerRuntime for KubeRuntime {
 
     async fn image_present(&self, image: &str) -> Result<bool, RuntimeError> {
         // The node's runtime holds the images (imagePullPolicy: Never).
-        match self.docker.inspect_image(image).await {
+        let docker = match self.node_runtime()? {
+            NodeRuntime::Docker(docker) => docker,
+            NodeRuntime::Cri(cri) => {
+                return cri
+                    .image_id(image)
+                    .await
+                    .map(|id| id.is_some())
+                    .map_err(cri_error)
+            }
+        };
+        match docker.inspect_image(image).await {
             Ok(_) => Ok(true),
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
@@ -722,8 +976,16 @@ impl ContainerRuntime for KubeRuntime {
 
     async fn start_container(&self, pod: &PodId, role: ContainerRole) -> Result<(), RuntimeError> {
         let id = self.resolve(pod, role).await?;
-        match self
-            .docker
+        let docker = match self.node_runtime()? {
+            NodeRuntime::Docker(docker) => docker,
+            NodeRuntime::Cri(cri) => {
+                return match cri.start_container(&id).await {
+                    Ok(()) => Ok(()),
+                    Err(err) => Err(self.cri_call_error(err, pod, role).await),
+                }
+            }
+        };
+        match docker
             .start_container(
                 &id,
                 None::<bollard::query_parameters::StartContainerOptions>,
@@ -744,13 +1006,20 @@ impl ContainerRuntime for KubeRuntime {
         grace: Duration,
     ) -> Result<(), RuntimeError> {
         let id = self.resolve(pod, role).await?;
+        if let NodeRuntime::Cri(cri) = self.node_runtime()? {
+            self.forget(pod, role);
+            return match cri.stop_container(&id, grace).await {
+                Ok(()) => Ok(()),
+                Err(err) => Err(self.cri_call_error(err, pod, role).await),
+            };
+        }
         let secs = grace.as_secs() + u64::from(grace.subsec_nanos() > 0);
         let options = StopContainerOptions {
             t: Some(i32::try_from(secs).unwrap_or(i32::MAX)),
             signal: None,
         };
         let docker = self
-            .docker
+            .docker()?
             .clone()
             .with_timeout(Duration::from_secs(120 + secs));
         self.forget(pod, role);
@@ -762,7 +1031,8 @@ impl ContainerRuntime for KubeRuntime {
         }
     }
 
-    /// Removes the container from the node's runtime; the kubelet starts a fresh one from the
+    /// Removes the container (and its exited predecessors) from the node's runtime (Docker's,
+    /// or the CRI's with [`ExecPath::Cri`]); the kubelet starts a fresh one from the
     /// image (`restartPolicy: Always`). Waits until the new container runs and the API server
     /// shows it, then records it as expected. Only `role` is replaced: the Pod's sandbox keeps
     /// the network namespace, so the other container is untouched.
@@ -790,15 +1060,21 @@ impl ContainerRuntime for KubeRuntime {
             v: true,
             ..Default::default()
         };
+        let node = self.node_runtime()?;
         for id in &old {
-            match self
-                .docker
-                .remove_container(id, Some(options.clone()))
-                .await
-            {
-                Ok(()) => {}
-                Err(err) if is_no_such_container(&err) => {}
-                Err(err) => return Err(engine_error(err)),
+            match node {
+                NodeRuntime::Cri(cri) => match cri.remove_container(id).await {
+                    Ok(()) => {}
+                    Err(err) if err.is_no_such_container() => {}
+                    Err(err) => return Err(cri_error(err)),
+                },
+                NodeRuntime::Docker(docker) => {
+                    match docker.remove_container(id, Some(options.clone())).await {
+                        Ok(()) => {}
+                        Err(err) if is_no_such_container(&err) => {}
+                        Err(err) => return Err(engine_error(err)),
+                    }
+                }
             }
         }
         let deadline = Instant::now() + RECREATE_TIMEOUT;
@@ -857,7 +1133,13 @@ impl ContainerRuntime for KubeRuntime {
         tar: ArchiveStream,
     ) -> Result<(), RuntimeError> {
         let id = self.resolve(pod, role).await?;
-        match docker_calls::put_archive(&self.docker, &id, dest, tar).await {
+        let docker = match self.node_runtime()? {
+            NodeRuntime::Docker(docker) => docker,
+            NodeRuntime::Cri(cri) => {
+                return self.put_archive_cri(cri, pod, role, &id, dest, tar).await
+            }
+        };
+        match docker_calls::put_archive(docker, &id, dest, tar).await {
             Ok(()) => Ok(()),
             Err(err) => Err(self
                 .call_error(err, pod, role, Some(dest), Duration::ZERO)
@@ -874,7 +1156,30 @@ impl ContainerRuntime for KubeRuntime {
         let mut retried = false;
         loop {
             let id = self.resolve(pod, role).await?;
-            match docker_calls::get_archive(&self.docker, &id, path).await {
+            let docker = match self.node_runtime()? {
+                NodeRuntime::Docker(docker) => docker,
+                NodeRuntime::Cri(cri) => match self.get_archive_cri(cri, pod, &id, path).await {
+                    Err(GetFailure::Stale) if !retried => {
+                        self.forget(pod, role);
+                        retried = true;
+                        continue;
+                    }
+                    Err(GetFailure::Stale) => {
+                        self.forget(pod, role);
+                        return Err(self.not_found(pod, role).await);
+                    }
+                    Err(GetFailure::PathMissing) => {
+                        return Err(RuntimeError::PathNotFound {
+                            pod: pod.clone(),
+                            role,
+                            path: path.to_string(),
+                        })
+                    }
+                    Err(GetFailure::Failed(err)) => return Err(err),
+                    Ok(stream) => return Ok(stream),
+                },
+            };
+            match docker_calls::get_archive(docker, &id, path).await {
                 Ok(stream) => return Ok(stream),
                 Err(err) if !retried && self.stale(&err, pod, role) => retried = true,
                 Err(err) => {
@@ -1003,6 +1308,134 @@ head -c "$0" > "$f" || { rm -f "$f"; exit 125; }
 exec 3< "$f" || { rm -f "$f"; exit 125; }
 rm -f "$f"
 exec "$@" <&3 3<&-"#;
+
+/// Exit status of the CRI archive scripts when the path is missing (so Docker's 404 has its
+/// counterpart, `PathNotFound`).
+const CRI_ARCHIVE_NO_PATH: i64 = 44;
+
+/// What `put_archive` runs through the CRI (`$0` the destination directory): `tar -x` as root,
+/// ownership and modes from the archive, fed by a loop that passes on length-prefixed frames
+/// (`<length>\n<bytes>`, `0\n` ends the archive, anything else aborts it) with `head -c`. The
+/// streaming protocol of some runtimes (cri-dockerd's v4) cannot close standard input, and
+/// GNU `tar` reads its input to the end, so the end has to be said in band; nothing is staged,
+/// so an archive of any size passes. Exit status 44 when the destination is not a directory.
+const CRI_PUT_SCRIPT: &str = r#"[ -d "$0" ] || exit 44
+while IFS= read -r n; do
+case $n in 0) exit 0 ;; ''|*[!0-9]*) exit 125 ;; esac
+head -c "$n" || exit 125
+done | tar -x --numeric-owner -f - -C "$0""#;
+
+/// What `get_archive` runs through the CRI (`$0` the path): `tar -c` of the path's last
+/// component in its parent directory, so the archive's top entry is that name, as in the
+/// Docker Engine's archives. Exit status 44 when the path does not exist.
+const CRI_GET_SCRIPT: &str = r#"[ -e "$0" ] || [ -L "$0" ] || exit 44
+exec tar -c --numeric-owner -f - -C "$(dirname -- "$0")" -- "$(basename -- "$0")""#;
+
+/// The largest frame [`run_framed`] sends (each costs the container one `head`).
+const CRI_FRAME_MAX: usize = 1 << 20;
+
+/// Feeds `tar` to an attached [`CRI_PUT_SCRIPT`] in frames of up to [`CRI_FRAME_MAX`] bytes
+/// and collects the command's output and exit code. A failing source aborts the archive (the
+/// command then fails) and its message goes to `source_error`. Standard input stays open until
+/// the command ended (see [`run_attached`]).
+async fn run_framed(
+    mut attached: kube::api::AttachedProcess,
+    mut tar: ArchiveStream,
+    source_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+) -> Result<ExecOutput, RuntimeError> {
+    let stdin = attached.stdin();
+    let stdout = attached.stdout();
+    let stderr = attached.stderr();
+    let status = attached
+        .take_status()
+        .ok_or_else(|| RuntimeError::Engine("exec status taken twice".into()))?;
+    let feed = async move {
+        let mut writer = stdin?;
+        let mut pending = bytes::BytesMut::new();
+        let framed = |frame: bytes::Bytes| {
+            let mut out = Vec::with_capacity(frame.len() + 12);
+            out.extend_from_slice(format!("{}\n", frame.len()).as_bytes());
+            out.extend_from_slice(&frame);
+            out
+        };
+        loop {
+            let item = tar.next().await;
+            let done = !matches!(item, Some(Ok(_)));
+            match item {
+                Some(Ok(bytes)) => pending.extend_from_slice(&bytes),
+                Some(Err(err)) => {
+                    if let Ok(mut seen) = source_error.lock() {
+                        seen.get_or_insert_with(|| err.to_string());
+                    }
+                    // The command may have ended already; that is its business.
+                    let _ = writer.write_all(b"abort\n").await;
+                    return Some(writer);
+                }
+                None => {}
+            }
+            while pending.len() >= CRI_FRAME_MAX || (done && !pending.is_empty()) {
+                let take = pending.len().min(CRI_FRAME_MAX);
+                let frame = framed(pending.split_to(take).freeze());
+                if writer.write_all(&frame).await.is_err() {
+                    return Some(writer);
+                }
+            }
+            if done {
+                let _ = writer.write_all(b"0\n").await;
+                return Some(writer);
+            }
+        }
+    };
+    let read = |reader: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
+        let mut out = Vec::new();
+        if let Some(mut reader) = reader {
+            reader.read_to_end(&mut out).await?;
+        }
+        Ok::<_, std::io::Error>(out)
+    };
+    let (held, out, err, status) = tokio::join!(feed, read(stdout), read(stderr), status);
+    drop(held);
+    let io = |e: std::io::Error| RuntimeError::Engine(format!("exec stream: {e}"));
+    let exit_code = exit_code_of(status.as_ref())?;
+    Ok(ExecOutput {
+        exit_code,
+        stdout: out.map_err(io)?,
+        stderr: err.map_err(io)?,
+    })
+}
+
+/// The node's runtime of the container calls (see [`KubeRuntime::node_runtime`]).
+#[derive(Clone, Copy)]
+enum NodeRuntime<'a> {
+    Docker(&'a Docker),
+    Cri(&'a CriClient),
+}
+
+/// Why attaching a CRI streaming exec failed: the runtime refused the `Exec` (nothing ran), or
+/// the stream could not be opened.
+enum CriAttachError {
+    Url(CriError),
+    Stream(RuntimeError),
+}
+
+/// Why a CRI `get_archive` failed.
+#[derive(Debug)]
+enum GetFailure {
+    /// The container is gone or not running (nothing ran: try a freshly found one).
+    Stale,
+    PathMissing,
+    Failed(RuntimeError),
+}
+
+impl std::fmt::Display for GetFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GetFailure::Stale => f.write_str("the container is gone"),
+            GetFailure::PathMissing => f.write_str("no such path"),
+            GetFailure::Failed(err) => write!(f, "{err}"),
+        }
+    }
+}
 
 /// The command of a CRI streaming exec with `len` bytes of standard input (see
 /// [`CRI_STDIN_SCRIPT`]), inside the timeout like every other command.
