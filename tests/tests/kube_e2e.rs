@@ -827,6 +827,12 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
             !variant.contains(&"networkPolicy.enabled=false"),
             "{variant:?}"
         );
+        // With the CRI path the agent needs no Docker Engine: no socket is mounted.
+        assert_eq!(
+            manifests.contains("docker.sock"),
+            !variant.contains(&"agent.execPath=cri"),
+            "{variant:?}"
+        );
         // pods/exec is granted only for the API server exec path.
         assert_eq!(
             manifests.contains("pods/exec"),
