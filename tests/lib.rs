@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod fixture;
+pub mod kube_support;
 pub mod procs;
 pub mod stack;
 pub mod standin;

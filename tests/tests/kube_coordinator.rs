@@ -14,6 +14,7 @@ use clonepool_coordinator::config::{Config, KubeConfig, Mode};
 use clonepool_coordinator::exposure::{CloneExposure, ExposeRequest};
 use clonepool_coordinator::kubernetes::{self, routes::KubeRoutes, KubeSettings};
 use clonepool_coordinator::Coordinator;
+use clonepool_e2e::kube_support::{client_to, eventually};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
@@ -25,7 +26,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use kube::Resource;
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -67,24 +67,6 @@ async fn client_from(path: &Path) -> kube::Client {
 
 fn kube_config_defaults() -> KubeConfig {
     Config::with_data_dir("/nonexistent").kube
-}
-
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = f().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }
 
 /// A namespace with the coordinator's ServiceAccount and Role, and a kubeconfig that
@@ -428,21 +410,6 @@ fn owned_by(meta: &ObjectMeta, deployment: &Deployment, what: &str) {
             && r.block_owner_deletion == Some(true)),
         "{what} is owned by the clone's Deployment: {refs:?}"
     );
-}
-
-/// A client that sends `host` to `ip:80`. A new connection per request: one made before
-/// kube-proxy programmed a new Service (whose ClusterIP may have led elsewhere a moment ago)
-/// keeps its old destination for as long as it is kept alive.
-fn client_to(host: &str, ip: &str) -> reqwest::Client {
-    let addr: SocketAddr = format!("{ip}:80").parse().unwrap();
-    reqwest::Client::builder()
-        .resolve(host, addr)
-        .pool_max_idle_per_host(0)
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .unwrap()
 }
 
 #[tokio::test]

@@ -24,6 +24,7 @@
 //! `CLONEPOOL_KUBE_RESET_METHOD` the agent's reset method (default the chart's, `sql`).
 
 use clonepool_common::agent_api::{Capacity, ClaimResponse};
+use clonepool_e2e::kube_support::{client_to, eventually};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, ListParams};
 use std::collections::BTreeSet;
@@ -951,39 +952,6 @@ impl Drop for PortForward {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// A client that sends `host` to `ip:80` (a Service's ClusterIP: no Ingress controller runs
-/// here), keeping WordPress's cookies. A new connection per request: a connection made before
-/// kube-proxy programmed a new Service (whose ClusterIP may have led elsewhere a moment ago)
-/// keeps its old destination for as long as it is kept alive.
-fn client_to(host: &str, ip: &str) -> reqwest::Client {
-    let addr: std::net::SocketAddr = format!("{ip}:80").parse().unwrap();
-    reqwest::Client::builder()
-        .resolve(host, addr)
-        .pool_max_idle_per_host(0)
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .no_proxy()
-        .build()
-        .unwrap()
-}
-
-/// Polls `check` every 500 ms until it yields a value; panics after `timeout` naming `what`.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "not within {timeout:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
