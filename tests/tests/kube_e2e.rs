@@ -195,6 +195,28 @@ impl Drop for Release {
     }
 }
 
+/// `helm install --wait` of the chart as `release` with `--set`s; prints how long it took.
+fn helm_install(release: &Release, sets: &[String]) {
+    let chart = repo().join("charts/clonepool").display().to_string();
+    let mut args = vec![
+        "install",
+        &release.name,
+        &chart,
+        "--namespace",
+        &release.namespace,
+        "--create-namespace",
+        "--wait",
+        "--timeout",
+        "5m",
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    let started = Instant::now();
+    run("helm", &args);
+    eprintln!("helm install --wait: {:?}", started.elapsed());
+}
+
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -439,7 +461,6 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
     };
     let agent_dir = release.data_dir.join("agent");
     let chart = repo().join("charts/clonepool");
-    let install_started = Instant::now();
     let sets = [
         format!("images.clonepool.repository={image_repo}"),
         format!("images.clonepool.tag={image_tag}"),
@@ -453,23 +474,7 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
         "coordinator.persistence.type=emptyDir".to_string(),
         format!("agent.resetMethod={reset_method}"),
     ];
-    let mut args = vec![
-        "install".to_string(),
-        release.name.clone(),
-        chart.display().to_string(),
-        "--namespace".to_string(),
-        release.namespace.clone(),
-        "--create-namespace".to_string(),
-        "--wait".to_string(),
-        "--timeout".to_string(),
-        "5m".to_string(),
-    ];
-    for set in &sets {
-        args.extend(["--set".to_string(), set.clone()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    run("helm", &args);
-    eprintln!("helm install --wait: {:?}", install_started.elapsed());
+    helm_install(&release, &sets);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
     let clones: Api<Pod> = Api::namespaced(client.clone(), &release.clones);
@@ -1075,7 +1080,6 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         clones: format!("clonepool-co-{id}-clones"),
         data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
     };
-    let chart = repo().join("charts/clonepool");
     // One warm Pod and room for no other: the second clone finds the pool exhausted. A TTL
     // minute of 4 s (CLONEPOOL_TTL_MINUTE_MS) lets the shortest TTLs run out within the test.
     let sets = [
@@ -1098,24 +1102,7 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         "coordinator.extraEnv[0].name=CLONEPOOL_TTL_MINUTE_MS".to_string(),
         "coordinator.extraEnv[0].value=4000".to_string(),
     ];
-    let mut args = vec![
-        "install".to_string(),
-        release.name.clone(),
-        chart.display().to_string(),
-        "--namespace".to_string(),
-        release.namespace.clone(),
-        "--create-namespace".to_string(),
-        "--wait".to_string(),
-        "--timeout".to_string(),
-        "5m".to_string(),
-    ];
-    for set in &sets {
-        args.extend(["--set".to_string(), set.clone()]);
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let install_started = Instant::now();
-    run("helm", &args);
-    eprintln!("helm install --wait: {:?}", install_started.elapsed());
+    helm_install(&release, &sets);
 
     let coordinator_name = format!("{}-clonepool-coordinator", release.name);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);

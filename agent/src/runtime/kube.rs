@@ -1339,17 +1339,11 @@ const CRI_FRAME_MAX: usize = 1 << 20;
 /// command then fails) and its message goes to `source_error`. Standard input stays open until
 /// the command ended (see [`run_attached`]).
 async fn run_framed(
-    mut attached: kube::api::AttachedProcess,
+    attached: kube::api::AttachedProcess,
     mut tar: ArchiveStream,
     source_error: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 ) -> Result<ExecOutput, RuntimeError> {
-    let stdin = attached.stdin();
-    let stdout = attached.stdout();
-    let stderr = attached.stderr();
-    let status = attached
-        .take_status()
-        .ok_or_else(|| RuntimeError::Engine("exec status taken twice".into()))?;
-    let feed = async move {
+    drive_attached(attached, |stdin| async move {
         let mut writer = stdin?;
         let mut pending = bytes::BytesMut::new();
         let framed = |frame: bytes::Bytes| {
@@ -1385,23 +1379,8 @@ async fn run_framed(
                 return Some(writer);
             }
         }
-    };
-    let read = |reader: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
-        let mut out = Vec::new();
-        if let Some(mut reader) = reader {
-            reader.read_to_end(&mut out).await?;
-        }
-        Ok::<_, std::io::Error>(out)
-    };
-    let (held, out, err, status) = tokio::join!(feed, read(stdout), read(stderr), status);
-    drop(held);
-    let io = |e: std::io::Error| RuntimeError::Engine(format!("exec stream: {e}"));
-    let exit_code = exit_code_of(status.as_ref())?;
-    Ok(ExecOutput {
-        exit_code,
-        stdout: out.map_err(io)?,
-        stderr: err.map_err(io)?,
     })
+    .await
 }
 
 /// The node's runtime of the container calls (see [`KubeRuntime::node_runtime`]).
@@ -1473,17 +1452,11 @@ fn attach_params(container: Option<String>, stdin: bool) -> AttachParams {
 /// command); without, it stays open until the command ended (closing it on v4 closes the whole
 /// stream, and output not yet read would be lost).
 async fn run_attached(
-    mut attached: kube::api::AttachedProcess,
+    attached: kube::api::AttachedProcess,
     input: Option<bytes::Bytes>,
     close_stdin: bool,
 ) -> Result<ExecOutput, RuntimeError> {
-    let stdin = attached.stdin();
-    let stdout = attached.stdout();
-    let stderr = attached.stderr();
-    let status = attached
-        .take_status()
-        .ok_or_else(|| RuntimeError::Engine("exec status taken twice".into()))?;
-    let feed = async move {
+    drive_attached(attached, |stdin| async move {
         let mut writer = stdin?;
         if let Some(bytes) = input {
             // The command may exit without reading all of it; that is its business.
@@ -1494,23 +1467,8 @@ async fn run_attached(
             }
         }
         Some(writer)
-    };
-    let read = |reader: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
-        let mut out = Vec::new();
-        if let Some(mut reader) = reader {
-            reader.read_to_end(&mut out).await?;
-        }
-        Ok::<_, std::io::Error>(out)
-    };
-    let (held, out, err, status) = tokio::join!(feed, read(stdout), read(stderr), status);
-    drop(held);
-    let io = |e: std::io::Error| RuntimeError::Engine(format!("exec stream: {e}"));
-    let exit_code = exit_code_of(status.as_ref())?;
-    Ok(ExecOutput {
-        exit_code,
-        stdout: out.map_err(io)?,
-        stderr: err.map_err(io)?,
     })
+    .await
 }
 
 /// Maps a CRI failure: a runtime that does not answer is `Unreachable`.
@@ -1519,6 +1477,41 @@ fn cri_error(err: CriError) -> RuntimeError {
         err @ CriError::Unreachable { .. } => RuntimeError::Unreachable(err.to_string()),
         err => RuntimeError::Engine(err.to_string()),
     }
+}
+
+/// Runs an attached exec to its end: `feed` writes its standard input (and hands the writer
+/// back while the input must stay open), stdout and stderr are read to their ends at the same
+/// time, and the exit code comes from the status.
+async fn drive_attached<F, Fut>(
+    mut attached: kube::api::AttachedProcess,
+    feed: F,
+) -> Result<ExecOutput, RuntimeError>
+where
+    F: FnOnce(Option<tokio::io::WriteHalf<tokio::io::SimplexStream>>) -> Fut,
+    Fut: std::future::Future<Output = Option<tokio::io::WriteHalf<tokio::io::SimplexStream>>>,
+{
+    let stdin = attached.stdin();
+    let stdout = attached.stdout();
+    let stderr = attached.stderr();
+    let status = attached
+        .take_status()
+        .ok_or_else(|| RuntimeError::Engine("exec status taken twice".into()))?;
+    let read = |reader: Option<tokio::io::ReadHalf<tokio::io::SimplexStream>>| async move {
+        let mut out = Vec::new();
+        if let Some(mut reader) = reader {
+            reader.read_to_end(&mut out).await?;
+        }
+        Ok::<_, std::io::Error>(out)
+    };
+    let (held, out, err, status) = tokio::join!(feed(stdin), read(stdout), read(stderr), status);
+    drop(held);
+    let io = |e: std::io::Error| RuntimeError::Engine(format!("exec stream: {e}"));
+    let exit_code = exit_code_of(status.as_ref())?;
+    Ok(ExecOutput {
+        exit_code,
+        stdout: out.map_err(io)?,
+        stderr: err.map_err(io)?,
+    })
 }
 
 /// The exit code an exec's final status stands for.
