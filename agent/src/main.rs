@@ -6,7 +6,7 @@ use anyhow::Context;
 use clonepool_agent::app;
 use clonepool_agent::config::{AgentConfig, Backend};
 use clonepool_agent::connecting_runtime::ConnectingRuntime;
-use clonepool_agent::node_lease::NodeLease;
+use clonepool_agent::node_lease::node_lease;
 use clonepool_agent::provision::HttpSiteProbe;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -44,7 +44,7 @@ async fn run(config: AgentConfig) -> anyhow::Result<()> {
             let client = kube::Client::try_default()
                 .await
                 .context("Kubernetes API server configuration for the node Lease")?;
-            let lease = NodeLease::new(
+            let lease = node_lease(
                 client,
                 namespace,
                 config.node.as_str(),

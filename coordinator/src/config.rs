@@ -289,6 +289,17 @@ pub struct KubeConfig {
         default_value_t = 384
     )]
     pub cold_memory_mb: u32,
+
+    /// Leader election between replicas: the Lease (in `--kube-namespace`) that only the serving
+    /// replica holds. The others wait as standbys (`/livez` ok, `/readyz` 503 naming the
+    /// leader) and never open the state. Unset: no election (run exactly one replica).
+    #[arg(long = "kube-leader-lease", env = "CLONEPOOL_KUBE_LEADER_LEASE")]
+    pub leader_lease: Option<String>,
+
+    /// This replica's identity as the leader Lease's holder (the chart passes its Pod's name;
+    /// default: the host name, which is the Pod's name in a cluster).
+    #[arg(long = "kube-leader-identity", env = "CLONEPOOL_KUBE_LEADER_IDENTITY")]
+    pub leader_identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -379,6 +390,11 @@ impl Config {
         }
         if self.mode == Mode::Kubernetes {
             self.kube.check(&mut problems);
+        } else if self.kube.leader_lease.is_some() {
+            problems.push(
+                "--kube-leader-lease needs --mode kubernetes (the Lease lives in the API server)"
+                    .to_string(),
+            );
         }
         for url in &self.agent_urls {
             match reqwest::Url::parse(url) {
@@ -511,6 +527,20 @@ impl KubeConfig {
                 "--kube-image-pull-policy {:?} must be Always, IfNotPresent or Never",
                 self.image_pull_policy
             ));
+        }
+        if let Some(lease) = &self.leader_lease {
+            if !is_dns_name(lease) {
+                problems.push(format!(
+                    "--kube-leader-lease {lease:?} is not an object name"
+                ));
+            }
+        }
+        if let Some(identity) = &self.leader_identity {
+            if identity.trim().is_empty() || identity.len() > 253 {
+                problems.push(
+                    "--kube-leader-identity must be 1 to 253 characters (a Pod name)".to_string(),
+                );
+            }
         }
         if self.cold_ready_timeout_secs == 0 {
             problems.push("--kube-cold-ready-timeout-secs must be positive".to_string());

@@ -17,6 +17,7 @@ pub mod exposure;
 pub mod http_api;
 pub mod jobs;
 pub mod kubernetes;
+pub mod leadership;
 pub mod metrics;
 pub mod openapi;
 pub mod private_files;
@@ -73,6 +74,8 @@ pub enum CoordinatorError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Kube(#[from] kubernetes::KubeError),
+    #[error(transparent)]
+    Leadership(#[from] leadership::LeadershipError),
     #[error("cannot listen on {addr} ({what}): {source}")]
     Bind {
         what: &'static str,
@@ -119,6 +122,18 @@ impl Coordinator {
     /// Stops accepting work, lets running jobs finish (up to a limit), and stops every task.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops every task at once, running jobs included (they stay `running` in the store and
+    /// are recovered by whoever opens it next): for a leader that lost its Lease and must not
+    /// write one more row.
+    pub async fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
         for task in self.tasks {
             let _ = task.await;
         }
@@ -375,6 +390,7 @@ async fn start_inner(
         tokio::spawn(reaper.run(config.reaper_interval(), shutdown_rx.clone())),
         tokio::spawn(engine.run(shutdown_rx, JOB_DRAIN)),
     ]);
+    metrics.leader.set(1);
     ready.store(true, Ordering::Release);
 
     let coordinator = Coordinator {
@@ -436,15 +452,79 @@ async fn serve_plain(
     }
 }
 
-/// Runs the coordinator until `shutdown` completes, then shuts it down gracefully.
+/// This replica's part in leader election, when `--kube-leader-lease` is set.
+async fn leadership(config: &Config) -> Result<Option<leadership::Leadership>, CoordinatorError> {
+    let Some(lease) = config
+        .kube
+        .leader_lease
+        .as_deref()
+        .filter(|_| config.mode == Mode::Kubernetes)
+    else {
+        return Ok(None);
+    };
+    let client = kubernetes::client(&config.kube).await?;
+    let namespace = config
+        .kube
+        .namespace
+        .clone()
+        .unwrap_or_else(|| client.default_namespace().to_string());
+    let identity = config
+        .kube
+        .leader_identity
+        .clone()
+        .unwrap_or_else(leadership::default_identity);
+    Ok(Some(leadership::Leadership::new(
+        client, &namespace, lease, &identity,
+    )))
+}
+
+/// Runs the coordinator until `shutdown` completes, then shuts it down gracefully. With leader
+/// election it first stands by until it holds the leader Lease, and stops with an error (at once,
+/// without draining) if it loses it.
 pub async fn run(
     config: Config,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<(), CoordinatorError> {
-    let coordinator = start(config).await?;
-    shutdown.await;
+    config.validate()?;
+    tokio::pin!(shutdown);
+    let leadership = leadership(&config).await?;
+    if let Some(leadership) = &leadership {
+        tokio::select! {
+            held = leadership.wait_as_standby(config.admin_listen) => held?,
+            _ = &mut shutdown => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
+            }
+        }
+    }
+    let coordinator = match start(config).await {
+        Ok(coordinator) => coordinator,
+        Err(err) => {
+            if let Some(leadership) = &leadership {
+                leadership.release().await;
+            }
+            return Err(err);
+        }
+    };
+    let lost = async {
+        match &leadership {
+            Some(leadership) => leadership.keep().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = &mut shutdown => {}
+        lost = lost => {
+            tracing::error!(error = %lost, "stopping at once: another replica may lead now; it recovers the running jobs");
+            coordinator.abort().await;
+            return Err(lost.into());
+        }
+    }
     tracing::info!("shutting down: no new work; running jobs get {JOB_DRAIN:?} to finish");
     coordinator.shutdown().await;
+    if let Some(leadership) = &leadership {
+        leadership.release().await;
+    }
     tracing::info!("stopped");
     Ok(())
 }

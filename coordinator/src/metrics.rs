@@ -1,6 +1,6 @@
 //! The coordinator's Prometheus metrics (prometheus-client, one registry passed down, no
 //! per-clone labels): jobs by status, queue depth, clone duration by path, agents up/down,
-//! finished jobs, retries and clone releases.
+//! finished jobs, retries, clone releases and whether this replica leads.
 
 use clonepool_common::api::{ClonePath, JobState, JobType};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -47,6 +47,7 @@ pub struct Metrics {
     pub jobs_finished: Family<FinishedLabels, Counter>,
     pub job_retries: Counter,
     pub clones_released: Family<ReasonLabel, Counter>,
+    pub leader: Gauge,
 }
 
 impl Default for Metrics {
@@ -96,6 +97,13 @@ impl Metrics {
             "Clones whose pod was handed back, by why they ended",
             clones_released.clone(),
         );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 when this replica serves (it holds the leader Lease, or runs without leader \
+             election); 0 while it waits as a standby",
+            leader.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             jobs,
@@ -105,6 +113,7 @@ impl Metrics {
             jobs_finished,
             job_retries,
             clones_released,
+            leader,
         }
     }
 

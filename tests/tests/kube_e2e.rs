@@ -801,6 +801,21 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
             "--set",
             "coordinator.apiTokenSecret=clonepool-api-tokens",
         ],
+        // Leader election: a Deployment sharing one state directory.
+        vec![
+            "--set",
+            "coordinator.replicas=2",
+            "--set",
+            "coordinator.nodeSelector.kubernetes\\.io/hostname=vm",
+        ],
+        vec![
+            "--set",
+            "coordinator.replicas=3",
+            "--set",
+            "coordinator.persistence.type=pvc",
+            "--set",
+            "coordinator.persistence.accessMode=ReadWriteMany",
+        ],
     ] {
         let mut extra = vec!["--set", clones_set.as_str()];
         extra.extend(variant.iter().copied());
@@ -817,9 +832,17 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
             ],
         );
         let _ = std::fs::remove_file(&path);
+        let elected = variant
+            .iter()
+            .any(|v| v.starts_with("coordinator.replicas="));
+        let coordinator_kind = if elected {
+            "deployment.apps/dry-clonepool-coordinator"
+        } else {
+            "statefulset.apps/dry-clonepool-coordinator"
+        };
         for kind in [
             "daemonset.apps",
-            "statefulset.apps",
+            coordinator_kind,
             "role.rbac",
             "rolebinding.rbac",
         ] {
@@ -828,6 +851,24 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
                 "{variant:?}: no {kind} in\n{applied}"
             );
         }
+        // Only elected replicas get the leader Lease, and the right to hold it.
+        assert_eq!(
+            manifests.contains("CLONEPOOL_KUBE_LEADER_LEASE"),
+            elected,
+            "{variant:?}"
+        );
+        assert_eq!(
+            applied.contains(
+                "role.rbac.authorization.k8s.io/dry-clonepool-coordinator-leader-election"
+            ),
+            elected,
+            "{variant:?}"
+        );
+        assert_eq!(
+            applied.contains("persistentvolumeclaim/dry-clonepool-coordinator-data"),
+            elected && variant.contains(&"coordinator.persistence.type=pvc"),
+            "{variant:?}"
+        );
         assert_eq!(
             manifests.contains("kind: NetworkPolicy"),
             !variant.contains(&"networkPolicy.enabled=false"),
@@ -862,15 +903,34 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("agent.execPath"));
-    let two = Command::new(kube_bin("helm"))
-        .args(["template", "dry", &chart, "--set", "coordinator.replicas=2"])
-        .output()
-        .unwrap();
-    assert!(
-        !two.status.success(),
-        "two coordinators would share no state"
-    );
-    assert!(String::from_utf8_lossy(&two.stderr).contains("coordinator.replicas must be 1"));
+    // Replicas that would not share one state directory are refused, saying what is missing.
+    for (sets, says) in [
+        (vec!["coordinator.replicas=0"], "at least 1"),
+        (
+            vec![
+                "coordinator.replicas=2",
+                "coordinator.persistence.type=emptyDir",
+            ],
+            "emptyDir gives each replica its own",
+        ),
+        (
+            vec!["coordinator.replicas=2"],
+            "needs coordinator.nodeSelector",
+        ),
+        (
+            vec!["coordinator.replicas=2", "coordinator.persistence.type=pvc"],
+            "ReadWriteMany",
+        ),
+    ] {
+        let mut args = vec!["template", "dry", chart.as_str()];
+        for set in &sets {
+            args.extend(["--set", set]);
+        }
+        let refused = Command::new(kube_bin("helm")).args(&args).output().unwrap();
+        assert!(!refused.status.success(), "{sets:?} rendered");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(says), "{sets:?}: {stderr}");
+    }
 
     // The coordinator's Roles are the rules file's: all of it in the clones namespace, its
     // pods rule in the release namespace (agent discovery).
@@ -911,6 +971,32 @@ async fn the_chart_lints_clean_and_every_rendering_validates_against_the_api_ser
         })
         .collect();
     assert_eq!(discovery["rules"], serde_json::Value::Array(pods_rules));
+
+    // Elected replicas may touch one kind of object in their own namespace: Leases.
+    let elected = render(
+        "dry",
+        &namespace,
+        &[
+            "--set",
+            clones_set.as_str(),
+            "--set",
+            "coordinator.replicas=2",
+            "--set",
+            "coordinator.nodeSelector.kubernetes\\.io/hostname=vm",
+        ],
+    );
+    let election = elected
+        .split("\n---")
+        .filter_map(|doc| serde_saphyr::from_str::<serde_json::Value>(doc).ok())
+        .find(|doc| {
+            doc["kind"] == "Role"
+                && doc["metadata"]["name"] == "dry-clonepool-coordinator-leader-election"
+        })
+        .expect("a leader-election Role");
+    assert_eq!(election["metadata"]["namespace"], namespace.as_str());
+    for rule in election["rules"].as_array().unwrap() {
+        assert_eq!(rule["resources"], serde_json::json!(["leases"]), "{rule}");
+    }
 }
 
 /// `kubectl port-forward` to a Service port on 127.0.0.1 (how an operator reaches the
@@ -958,6 +1044,68 @@ impl Drop for PortForward {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The coordinator's generated CA (PEM), read from its `pod`.
+fn coordinator_ca(namespace: &str, pod: &str) -> String {
+    run(
+        "kubectl",
+        &[
+            "-n",
+            namespace,
+            "exec",
+            pod,
+            "-c",
+            "coordinator",
+            "--",
+            "cat",
+            "/var/lib/clonepool/coordinator/state/ca.pem",
+        ],
+    )
+}
+
+/// The in-cluster coordinator's API as an operator reaches it: `kubectl port-forward` to its
+/// Service, the token from the chart's Secret, trusting `ca`. Returns once the API answers
+/// through the forward, and has checked that a wrong token gets 401.
+async fn coordinator_api(
+    release: &Release,
+    ca: &str,
+) -> (PortForward, clonepool_coordinator::client::ApiClient) {
+    use clonepool_coordinator::client::{ApiClient, ClientError};
+    let secrets: Api<Secret> = Api::namespaced(client().await.unwrap(), &release.namespace);
+    let token_secret = secrets
+        .get(&format!("{}-clonepool-api-token", release.name))
+        .await
+        .unwrap();
+    let token = String::from_utf8(token_secret.data.unwrap()["token"].0.clone()).unwrap();
+    let forward = PortForward::start(
+        &release.namespace,
+        &format!("service/{}-clonepool-coordinator", release.name),
+        7401,
+    );
+    let url = format!("https://localhost:{}", forward.port);
+    let api = ApiClient::new(&url, token.trim(), Some(ca.as_bytes())).unwrap();
+    let wrong = ApiClient::new(&url, "not-the-token", Some(ca.as_bytes())).unwrap();
+    // The forward may lead nowhere for a moment after the Pod turned Ready.
+    let refused = eventually(
+        "the coordinator answers through the port-forward",
+        Duration::from_secs(60),
+        || async {
+            match wrong.pool().await {
+                Err(ClientError::Transport { reason, .. }) => {
+                    eprintln!("not yet: {reason}");
+                    None
+                }
+                other => Some(other),
+            }
+        },
+    )
+    .await;
+    assert!(
+        matches!(refused, Err(ClientError::Api { status: 401, .. })),
+        "a wrong token is refused: {refused:?}"
+    );
+    (forward, api)
 }
 
 /// The clone's WordPress through its Service (the Ingress's backend) as an ingress controller
@@ -1128,65 +1276,8 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         Some(coordinator_name.clone())
     );
     let coordinator_pod = format!("{coordinator_name}-0");
-    // The API token from the chart's Secret; the coordinator's generated CA read from its Pod.
-    let token_secret = secrets
-        .get(&format!("{}-clonepool-api-token", release.name))
-        .await
-        .unwrap();
-    let token = String::from_utf8(token_secret.data.unwrap()["token"].0.clone()).unwrap();
-    let ca = run(
-        "kubectl",
-        &[
-            "-n",
-            &release.namespace,
-            "exec",
-            &coordinator_pod,
-            "-c",
-            "coordinator",
-            "--",
-            "cat",
-            "/var/lib/clonepool/coordinator/state/ca.pem",
-        ],
-    );
-    let forward = PortForward::start(
-        &release.namespace,
-        &format!("service/{coordinator_name}"),
-        7401,
-    );
-    let api = clonepool_coordinator::client::ApiClient::new(
-        &format!("https://localhost:{}", forward.port),
-        token.trim(),
-        Some(ca.as_bytes()),
-    )
-    .unwrap();
-    let wrong = clonepool_coordinator::client::ApiClient::new(
-        &format!("https://localhost:{}", forward.port),
-        "not-the-token",
-        Some(ca.as_bytes()),
-    )
-    .unwrap();
-    // The forward may lead nowhere for a moment after the Pod turned Ready.
-    let refused = eventually(
-        "the coordinator answers through the port-forward",
-        Duration::from_secs(60),
-        || async {
-            match wrong.pool().await {
-                Err(clonepool_coordinator::client::ClientError::Transport { reason, .. }) => {
-                    eprintln!("not yet: {reason}");
-                    None
-                }
-                other => Some(other),
-            }
-        },
-    )
-    .await;
-    assert!(
-        matches!(
-            refused,
-            Err(clonepool_coordinator::client::ClientError::Api { status: 401, .. })
-        ),
-        "a wrong token is refused: {refused:?}"
-    );
+    let ca = coordinator_ca(&release.namespace, &coordinator_pod);
+    let (forward, api) = coordinator_api(&release, &ca).await;
     let pool = api
         .pool()
         .await
@@ -1349,5 +1440,257 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         left.is_empty(),
         "Services left in the clones namespace: {left:?}"
     );
+    drop(forward);
+}
+
+/// Whether the API server reports `pod` Ready.
+fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// The coordinator Pods of `release` (in `namespace`) once exactly one of two Running ones is
+/// Ready, holds the leader Lease and is not `not`: `(leader, standby)`, each as (name, IP).
+async fn leader_and_standby(
+    client: &kube::Client,
+    namespace: &str,
+    release: &str,
+    not: Option<&str>,
+) -> ((String, String), (String, String)) {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let lease_name = format!("{release}-clonepool-coordinator-leader");
+    let selector =
+        format!("app.kubernetes.io/instance={release},app.kubernetes.io/component=coordinator");
+    let name_and_ip = |p: &Pod| {
+        (
+            p.metadata.name.clone().unwrap_or_default(),
+            p.status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .unwrap_or_default(),
+        )
+    };
+    eventually(
+        "one Ready coordinator holding the leader Lease and one standby",
+        Duration::from_secs(180),
+        || async {
+            let list = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .ok()?;
+            let running: Vec<&Pod> = list
+                .items
+                .iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+                .collect();
+            let (ready, waiting): (Vec<&Pod>, Vec<&Pod>) =
+                running.iter().partition(|p| pod_ready(p));
+            if running.len() != 2 || ready.len() != 1 {
+                eprintln!(
+                    "coordinators: {} running, {} Ready",
+                    running.len(),
+                    ready.len()
+                );
+                return None;
+            }
+            let leader = name_and_ip(ready[0]);
+            let holder = leases
+                .get_opt(&lease_name)
+                .await
+                .ok()??
+                .spec?
+                .holder_identity?;
+            (holder == leader.0 && Some(leader.0.as_str()) != not)
+                .then(|| (leader, name_and_ip(waiting[0])))
+        },
+    )
+    .await
+}
+
+#[tokio::test]
+#[ignore = "needs Docker and the workload image: run scripts/test"]
+async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with_the_state() {
+    use clonepool_common::api::{CloneRequest, CloneStatus, JobResult, JobState};
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    let Some((client, node)) = cluster().await else {
+        return;
+    };
+    let _heavy = HEAVY.lock().await;
+    let workload = workload_image();
+    let image = clonepool_image();
+    let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
+    let (workload_repo, workload_tag) = workload.rsplit_once(':').expect("workload tag");
+    let id = format!("{:08x}", rand::random::<u32>());
+    let release = Release {
+        name: format!("cpha-{id}"),
+        namespace: format!("clonepool-ha-{id}"),
+        clones: format!("clonepool-ha-{id}-clones"),
+        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
+    };
+    // Two coordinators sharing one state directory on this node; one warm Pod.
+    let sets = [
+        format!("images.clonepool.repository={image_repo}"),
+        format!("images.clonepool.tag={image_tag}"),
+        format!("images.workload.repository={workload_repo}"),
+        format!("images.workload.tag={workload_tag}"),
+        format!("clones.namespace={}", release.clones),
+        "agent.warmTarget=1".to_string(),
+        "agent.maxPods=1".to_string(),
+        format!("agent.dataDir={}", release.data_dir.join("agent").display()),
+        "agent.podLabels[0]=clonepool.test=true".to_string(),
+        "coordinator.replicas=2".to_string(),
+        "coordinator.persistence.type=hostPath".to_string(),
+        format!(
+            "coordinator.persistence.hostPath={}",
+            release.data_dir.join("coordinator").display()
+        ),
+        format!("coordinator.nodeSelector.kubernetes\\.io/hostname={node}"),
+        "coordinator.sourceImport=false".to_string(),
+        "coordinator.urlAllowHosts[0]=source.test".to_string(),
+    ];
+    helm_install(&release, &sets);
+    let coordinator_name = format!("{}-clonepool-coordinator", release.name);
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
+        .get(&coordinator_name)
+        .await
+        .expect("more than one replica: a Deployment");
+    assert_eq!(deployment.spec.unwrap().replicas, Some(2));
+
+    // One leads (Ready, the Lease's holder); the other stands by: alive, not Ready, naming
+    // the leader, and says it does not lead.
+    let ((leader, leader_ip), (standby, standby_ip)) =
+        leader_and_standby(&client, &release.namespace, &release.name, None).await;
+    eprintln!("leader {leader}, standby {standby}");
+    let admin = |ip: &str, path: &str| format!("http://{ip}:7402{path}");
+    let standby_ready = http()
+        .get(admin(&standby_ip, "/readyz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(standby_ready.status().as_u16(), 503);
+    let said = standby_ready.text().await.unwrap();
+    assert!(said.contains(&format!("{leader} leads")), "{said}");
+    let standby_live = http()
+        .get(admin(&standby_ip, "/livez"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(standby_live.status().as_u16(), 200);
+    for (ip, leads) in [(&standby_ip, 0), (&leader_ip, 1)] {
+        let metrics = http()
+            .get(admin(ip, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains(&format!("clonepool_coordinator_leader {leads}")),
+            "{ip}: {metrics}"
+        );
+    }
+
+    // A clone through the leader (the Service reaches only it).
+    let ca = coordinator_ca(&release.namespace, &leader);
+    let (forward, api) = coordinator_api(&release, &ca).await;
+    let (_, agent_ip) = ready_agent(
+        &Api::namespaced(client.clone(), &release.namespace),
+        &release.name,
+        None,
+    )
+    .await;
+    let agent_token = String::from_utf8(
+        Api::<Secret>::namespaced(client.clone(), &release.namespace)
+            .get(&format!("{}-clonepool-agent-token", release.name))
+            .await
+            .unwrap()
+            .data
+            .unwrap()["token"]
+            .0
+            .clone(),
+    )
+    .unwrap();
+    let agent = agent_at(&agent_ip, &agent_token).await;
+    agent.wait_warm(1).await;
+    eventually(
+        "the leader sees a warm pod",
+        Duration::from_secs(120),
+        || async { (api.pool().await.ok()?.warm_total >= 1).then_some(()) },
+    )
+    .await;
+    let request = CloneRequest {
+        source_url: "https://source.test/".into(),
+        source_username: "admin".into(),
+        source_password: "unused".into(),
+        customer_id: None,
+        ttl_minutes: Some(60),
+    };
+    let accepted = api.clone_site(&request, None).await.expect("accepted");
+    let status = api
+        .wait_job(
+            &accepted.job.job_id,
+            Duration::from_millis(50),
+            Duration::from_secs(300),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.status, JobState::Completed, "{status:?}");
+    let Some(JobResult::Clone(clone)) = status.result else {
+        panic!("no clone result: {status:?}");
+    };
+    drop(forward);
+
+    // The leader's Pod goes (as in a rollout or a drain): it hands the Lease over as it stops,
+    // and another replica leads, with the same state and the same TLS identity.
+    let handover = Instant::now();
+    run(
+        "kubectl",
+        &[
+            "-n",
+            &release.namespace,
+            "delete",
+            "pod",
+            &leader,
+            "--wait=false",
+        ],
+    );
+    let ((new_leader, _), _) =
+        leader_and_standby(&client, &release.namespace, &release.name, Some(&leader)).await;
+    eprintln!(
+        "leadership moved from {leader} to {new_leader}: Ready after {:?}",
+        handover.elapsed()
+    );
+    let (forward, api) = coordinator_api(&release, &ca).await;
+    let info = api
+        .clone_info(&clone.clone_id)
+        .await
+        .expect("the new leader knows the clone");
+    assert_eq!(info.status, CloneStatus::Ready, "{info:?}");
+    let job = api
+        .job(&accepted.job.job_id)
+        .await
+        .expect("the new leader knows the job");
+    assert_eq!(job.status, JobState::Completed);
+    // It acts on that state: ending the clone resets the pod back to WARM.
+    api.delete(&clone.clone_id).await.unwrap();
+    let info = eventually(
+        "the clone is released through the new leader",
+        Duration::from_secs(60),
+        || async {
+            let info = api.clone_info(&clone.clone_id).await.ok()?;
+            (info.status == CloneStatus::Released).then_some(info)
+        },
+    )
+    .await;
+    assert_eq!(info.end_reason.as_deref(), Some("deleted"));
+    agent.wait_warm(1).await;
     drop(forward);
 }
