@@ -632,6 +632,24 @@ mod tests {
     }
 
     #[test]
+    fn leader_election_needs_kubernetes_mode_and_a_lease_name() {
+        let mut config = Config::with_data_dir("/tmp/x");
+        config.kube.leader_lease = Some("coordinator-leader".into());
+        let err = config.validate().unwrap_err();
+        assert!(err.to_string().contains("needs --mode kubernetes"), "{err}");
+        config.mode = Mode::Kubernetes;
+        config.kube.base_domain = Some("clones.example.test".into());
+        config.kube.image = Some("clonepool/wordpress:abc".into());
+        config.validate().unwrap();
+        config.kube.leader_lease = Some("Not A Name".into());
+        config.kube.leader_identity = Some(" ".into());
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(err.to_string().contains("--kube-leader-lease"), "{err}");
+        assert!(err.to_string().contains("--kube-leader-identity"), "{err}");
+    }
+
+    #[test]
     fn debug_output_shows_no_tokens() {
         let mut config = Config::with_data_dir("/tmp/x");
         config.api_tokens_from_env = vec!["sekrit-token-value".into()];
