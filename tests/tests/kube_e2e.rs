@@ -24,6 +24,7 @@
 //! `CLONEPOOL_KUBE_RESET_METHOD` the agent's reset method (default the chart's, `sql`).
 
 use clonepool_common::agent_api::{Capacity, ClaimResponse};
+use clonepool_e2e::docker::docker;
 use clonepool_e2e::kube_support::{client_to, eventually};
 use k8s_openapi::api::core::v1::{Node, Pod, Secret};
 use kube::api::{Api, ListParams};
@@ -1691,6 +1692,55 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
     )
     .await;
     assert_eq!(info.end_reason.as_deref(), Some("deleted"));
+    agent.wait_warm(1).await;
+    eventually(
+        "the new leader sees the warm pod again",
+        Duration::from_secs(120),
+        || async { (api.pool().await.ok()?.warm_total >= 1).then_some(()) },
+    )
+    .await;
+
+    // The leader is killed (SIGKILL, no handover) right after accepting a clone: whichever
+    // replica leads next (the restarted container under the same Pod name, or the standby once
+    // the Lease lapses) recovers the job, and it completes.
+    let accepted = api.clone_site(&request, None).await.expect("accepted");
+    drop(forward);
+    let (_, container, _) = docker(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=io.kubernetes.pod.name={new_leader}"),
+        "--filter",
+        "label=io.kubernetes.container.name=coordinator",
+    ]);
+    let container = container.trim();
+    assert!(!container.is_empty(), "no container of {new_leader}");
+    let killed = Instant::now();
+    let (done, _, stderr) = docker(&["kill", container]);
+    assert!(done, "docker kill {container}: {stderr}");
+    let ((after_kill, _), _) =
+        leader_and_standby(&client, &release.namespace, &release.name, None).await;
+    eprintln!(
+        "after SIGKILL of {new_leader}: {after_kill} leads, Ready after {:?}",
+        killed.elapsed()
+    );
+    let (forward, api) = coordinator_api(&release, &ca).await;
+    let status = api
+        .wait_job(
+            &accepted.job.job_id,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.status, JobState::Completed, "{status:?}");
+    let Some(JobResult::Clone(recovered)) = status.result else {
+        panic!("no clone result: {status:?}");
+    };
+    let info = api.clone_info(&recovered.clone_id).await.unwrap();
+    assert_eq!(info.status, CloneStatus::Ready, "{info:?}");
+    api.delete(&recovered.clone_id).await.unwrap();
     agent.wait_warm(1).await;
     drop(forward);
 }
