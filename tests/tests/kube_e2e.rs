@@ -1513,6 +1513,18 @@ async fn leader_and_standby(
     .await
 }
 
+/// How often the kubelet restarted the coordinator container of `pod`.
+async fn coordinator_restarts(pods: &Api<Pod>, pod: &str) -> Option<i32> {
+    pods.get_opt(pod)
+        .await
+        .ok()??
+        .status?
+        .container_statuses?
+        .iter()
+        .find(|c| c.name == "coordinator")
+        .map(|c| c.restart_count)
+}
+
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with_the_state() {
@@ -1715,9 +1727,22 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
     ]);
     let container = container.trim();
     assert!(!container.is_empty(), "no container of {new_leader}");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
+    let restarts_before = coordinator_restarts(&pods, &new_leader)
+        .await
+        .expect("the leader's container status");
     let killed = Instant::now();
     let (done, _, stderr) = docker(&["kill", container]);
     assert!(done, "docker kill {container}: {stderr}");
+    // Until the kubelet has seen the death, the API server still calls the Pod Ready.
+    eventually(
+        "the kubelet restarts the killed container",
+        Duration::from_secs(120),
+        || async {
+            (coordinator_restarts(&pods, &new_leader).await? > restarts_before).then_some(())
+        },
+    )
+    .await;
     let ((after_kill, _), _) =
         leader_and_standby(&client, &release.namespace, &release.name, None).await;
     eprintln!(
