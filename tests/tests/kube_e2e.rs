@@ -453,13 +453,7 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
     let reset_method =
         std::env::var("CLONEPOOL_KUBE_RESET_METHOD").unwrap_or_else(|_| "sql".to_string());
 
-    let id = format!("{:08x}", rand::random::<u32>());
-    let release = Release {
-        name: format!("cpe2e-{id}"),
-        namespace: format!("clonepool-e2e-{id}"),
-        clones: format!("clonepool-e2e-{id}-clones"),
-        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
-    };
+    let release = new_release("cpe2e", "e2e");
     let agent_dir = release.data_dir.join("agent");
     let chart = repo().join("charts/clonepool");
     let sets = [
@@ -479,12 +473,7 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
     let clones: Api<Pod> = Api::namespaced(client.clone(), &release.clones);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
-    let token_secret = secrets
-        .get(&format!("{}-clonepool-agent-token", release.name))
-        .await
-        .unwrap();
-    let token = String::from_utf8(token_secret.data.unwrap()["token"].0.clone()).unwrap();
+    let token = secret_token(&client, &release, "agent-token").await;
 
     // The agent runs under the chart's ServiceAccount and is Ready (its runtime answers).
     let (agent_pod, agent_ip) = ready_agent(&pods, &release.name, None).await;
@@ -1047,6 +1036,58 @@ impl Drop for PortForward {
     }
 }
 
+/// The `token` of the release's Secret `<release>-clonepool-{which}` (`agent-token`, `api-token`).
+async fn secret_token(client: &kube::Client, release: &Release, which: &str) -> String {
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
+    let secret = secrets
+        .get(&format!("{}-clonepool-{which}", release.name))
+        .await
+        .unwrap_or_else(|e| panic!("the Secret {which}: {e}"));
+    String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap()
+}
+
+/// The release's (Ready) agent, with the chart's agent token.
+async fn release_agent(client: &kube::Client, release: &Release) -> Agent {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
+    let (_, ip) = ready_agent(&pods, &release.name, None).await;
+    agent_at(&ip, &secret_token(client, release, "agent-token").await).await
+}
+
+/// A release `{short}-{id}` in the namespace `clonepool-{long}-{id}`, with its clones namespace
+/// and its hostPath data under /var/lib/clonepool-e2e/{id}.
+fn new_release(short: &str, long: &str) -> Release {
+    let id = format!("{:08x}", rand::random::<u32>());
+    Release {
+        name: format!("{short}-{id}"),
+        namespace: format!("clonepool-{long}-{id}"),
+        clones: format!("clonepool-{long}-{id}-clones"),
+        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
+    }
+}
+
+/// The `--set`s of an in-cluster coordinator test: this build's images, one warm Pod and room
+/// for no other, fresh-site clones (a cold Deployment cannot import a source yet) from
+/// `https://source.test/`.
+fn one_warm_pod_sets(release: &Release) -> Vec<String> {
+    let workload = workload_image();
+    let image = clonepool_image();
+    let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
+    let (workload_repo, workload_tag) = workload.rsplit_once(':').expect("workload tag");
+    vec![
+        format!("images.clonepool.repository={image_repo}"),
+        format!("images.clonepool.tag={image_tag}"),
+        format!("images.workload.repository={workload_repo}"),
+        format!("images.workload.tag={workload_tag}"),
+        format!("clones.namespace={}", release.clones),
+        "agent.warmTarget=1".to_string(),
+        "agent.maxPods=1".to_string(),
+        format!("agent.dataDir={}", release.data_dir.join("agent").display()),
+        "agent.podLabels[0]=clonepool.test=true".to_string(),
+        "coordinator.sourceImport=false".to_string(),
+        "coordinator.urlAllowHosts[0]=source.test".to_string(),
+    ]
+}
+
 /// The coordinator's generated CA (PEM), read from its `pod`.
 fn coordinator_ca(namespace: &str, pod: &str) -> String {
     run(
@@ -1073,12 +1114,7 @@ async fn coordinator_api(
     ca: &str,
 ) -> (PortForward, clonepool_coordinator::client::ApiClient) {
     use clonepool_coordinator::client::{ApiClient, ClientError};
-    let secrets: Api<Secret> = Api::namespaced(client().await.unwrap(), &release.namespace);
-    let token_secret = secrets
-        .get(&format!("{}-clonepool-api-token", release.name))
-        .await
-        .unwrap();
-    let token = String::from_utf8(token_secret.data.unwrap()["token"].0.clone()).unwrap();
+    let token = secret_token(&client().await.unwrap(), release, "api-token").await;
     let forward = PortForward::start(
         &release.namespace,
         &format!("service/{}-clonepool-coordinator", release.name),
@@ -1213,53 +1249,30 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         return;
     };
     let _heavy = HEAVY.lock().await;
-    let workload = workload_image();
-    let image = clonepool_image();
-    let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
-    let (workload_repo, workload_tag) = workload.rsplit_once(':').expect("workload tag");
     let warm_samples: usize = std::env::var("CLONEPOOL_KUBE_CLONES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(3);
 
-    let id = format!("{:08x}", rand::random::<u32>());
-    let release = Release {
-        name: format!("cpco-{id}"),
-        namespace: format!("clonepool-co-{id}"),
-        clones: format!("clonepool-co-{id}-clones"),
-        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
-    };
+    let release = new_release("cpco", "co");
     // One warm Pod and room for no other: the second clone finds the pool exhausted. A TTL
     // minute of 4 s (CLONEPOOL_TTL_MINUTE_MS) lets the shortest TTLs run out within the test.
-    let sets = [
-        format!("images.clonepool.repository={image_repo}"),
-        format!("images.clonepool.tag={image_tag}"),
-        format!("images.workload.repository={workload_repo}"),
-        format!("images.workload.tag={workload_tag}"),
-        format!("clones.namespace={}", release.clones),
-        "agent.warmTarget=1".to_string(),
-        "agent.maxPods=1".to_string(),
-        format!("agent.dataDir={}", release.data_dir.join("agent").display()),
-        "agent.podLabels[0]=clonepool.test=true".to_string(),
+    let mut sets = one_warm_pod_sets(&release);
+    sets.extend([
         "coordinator.persistence.type=emptyDir".to_string(),
-        // A cold Deployment cannot import a source yet: these clones are fresh sites.
-        "coordinator.sourceImport=false".to_string(),
-        "coordinator.urlAllowHosts[0]=source.test".to_string(),
         "coordinator.cold.cpuMillis=500".to_string(),
         // Clones behind a TLS-terminating Ingress: https URLs, plain HTTP to the Pods.
         format!("clones.tlsSecret={TLS_SECRET}"),
         "coordinator.extraEnv[0].name=CLONEPOOL_TTL_MINUTE_MS".to_string(),
         "coordinator.extraEnv[0].value=4000".to_string(),
-    ];
+    ]);
     helm_install(&release, &sets);
 
     let coordinator_name = format!("{}-clonepool-coordinator", release.name);
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
     let clone_pods_api: Api<Pod> = Api::namespaced(client.clone(), &release.clones);
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), &release.clones);
     let services: Api<Service> = Api::namespaced(client.clone(), &release.clones);
     let ingresses: Api<Ingress> = Api::namespaced(client.clone(), &release.clones);
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &release.namespace);
 
     // The coordinator runs in its Pod under the chart's ServiceAccount.
     let statefulset = Api::<StatefulSet>::namespaced(client.clone(), &release.namespace)
@@ -1286,19 +1299,7 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
     eprintln!("pool as the in-cluster coordinator sees it: {pool:?}");
 
     // The agent's warm Pod is there before the first clone.
-    let (_, agent_ip) = ready_agent(&pods, &release.name, None).await;
-    let agent_token = String::from_utf8(
-        secrets
-            .get(&format!("{}-clonepool-agent-token", release.name))
-            .await
-            .unwrap()
-            .data
-            .unwrap()["token"]
-            .0
-            .clone(),
-    )
-    .unwrap();
-    let agent = agent_at(&agent_ip, &agent_token).await;
+    let agent = release_agent(&client, &release).await;
     agent.wait_warm(1).await;
 
     let request = |ttl_minutes: u32| CloneRequest {
@@ -1535,28 +1536,10 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
         return;
     };
     let _heavy = HEAVY.lock().await;
-    let workload = workload_image();
-    let image = clonepool_image();
-    let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
-    let (workload_repo, workload_tag) = workload.rsplit_once(':').expect("workload tag");
-    let id = format!("{:08x}", rand::random::<u32>());
-    let release = Release {
-        name: format!("cpha-{id}"),
-        namespace: format!("clonepool-ha-{id}"),
-        clones: format!("clonepool-ha-{id}-clones"),
-        data_dir: PathBuf::from(format!("/var/lib/clonepool-e2e/{id}")),
-    };
-    // Two coordinators sharing one state directory on this node; one warm Pod.
-    let sets = [
-        format!("images.clonepool.repository={image_repo}"),
-        format!("images.clonepool.tag={image_tag}"),
-        format!("images.workload.repository={workload_repo}"),
-        format!("images.workload.tag={workload_tag}"),
-        format!("clones.namespace={}", release.clones),
-        "agent.warmTarget=1".to_string(),
-        "agent.maxPods=1".to_string(),
-        format!("agent.dataDir={}", release.data_dir.join("agent").display()),
-        "agent.podLabels[0]=clonepool.test=true".to_string(),
+    let release = new_release("cpha", "ha");
+    // Two coordinators sharing one state directory on this node.
+    let mut sets = one_warm_pod_sets(&release);
+    sets.extend([
         "coordinator.replicas=2".to_string(),
         "coordinator.persistence.type=hostPath".to_string(),
         format!(
@@ -1564,9 +1547,7 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
             release.data_dir.join("coordinator").display()
         ),
         format!("coordinator.nodeSelector.kubernetes\\.io/hostname={node}"),
-        "coordinator.sourceImport=false".to_string(),
-        "coordinator.urlAllowHosts[0]=source.test".to_string(),
-    ];
+    ]);
     helm_install(&release, &sets);
     let coordinator_name = format!("{}-clonepool-coordinator", release.name);
     let deployment = Api::<Deployment>::namespaced(client.clone(), &release.namespace)
@@ -1613,24 +1594,7 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
     // A clone through the leader (the Service reaches only it).
     let ca = coordinator_ca(&release.namespace, &leader);
     let (forward, api) = coordinator_api(&release, &ca).await;
-    let (_, agent_ip) = ready_agent(
-        &Api::namespaced(client.clone(), &release.namespace),
-        &release.name,
-        None,
-    )
-    .await;
-    let agent_token = String::from_utf8(
-        Api::<Secret>::namespaced(client.clone(), &release.namespace)
-            .get(&format!("{}-clonepool-agent-token", release.name))
-            .await
-            .unwrap()
-            .data
-            .unwrap()["token"]
-            .0
-            .clone(),
-    )
-    .unwrap();
-    let agent = agent_at(&agent_ip, &agent_token).await;
+    let agent = release_agent(&client, &release).await;
     agent.wait_warm(1).await;
     eventually(
         "the leader sees a warm pod",
