@@ -1088,6 +1088,38 @@ fn one_warm_pod_sets(release: &Release) -> Vec<String> {
     ]
 }
 
+/// Waits for the job `job_id` and answers its clone result; fails the test unless it completed.
+async fn completed_clone(
+    api: &clonepool_coordinator::client::ApiClient,
+    job_id: &str,
+) -> clonepool_common::api::CloneResult {
+    use clonepool_common::api::{JobResult, JobState};
+    let status = api
+        .wait_job(
+            job_id,
+            Duration::from_millis(50),
+            Duration::from_secs(300),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(status.status, JobState::Completed, "{status:?}");
+    match status.result {
+        Some(JobResult::Clone(result)) => result,
+        _ => panic!("no clone result: {status:?}"),
+    }
+}
+
+/// Waits until the coordinator counts a warm pod (it learns of one at its next capacity poll).
+async fn coordinator_sees_warm_pod(api: &clonepool_coordinator::client::ApiClient) {
+    eventually(
+        "the coordinator sees a warm pod",
+        Duration::from_secs(120),
+        || async { (api.pool().await.ok()?.warm_total >= 1).then_some(()) },
+    )
+    .await;
+}
+
 /// The coordinator's generated CA (PEM), read from its `pod`.
 fn coordinator_ca(namespace: &str, pod: &str) -> String {
     run(
@@ -1240,7 +1272,7 @@ async fn clone_serves_through_its_service(
 #[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_is_exhausted_and_cleans_up_on_ttl(
 ) {
-    use clonepool_common::api::{ClonePath, CloneRequest, CloneStatus, JobResult, JobState};
+    use clonepool_common::api::{ClonePath, CloneRequest, CloneStatus};
     use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
     use k8s_openapi::api::core::v1::Service;
     use k8s_openapi::api::networking::v1::Ingress;
@@ -1315,19 +1347,7 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
         async move {
             let started = Instant::now();
             let accepted = api.clone_site(&request, None).await.expect("accepted");
-            let status = api
-                .wait_job(
-                    &accepted.job.job_id,
-                    Duration::from_millis(50),
-                    Duration::from_secs(300),
-                    |_| {},
-                )
-                .await
-                .unwrap();
-            assert_eq!(status.status, JobState::Completed, "{status:?}");
-            let Some(JobResult::Clone(result)) = status.result.clone() else {
-                panic!("no clone result: {status:?}");
-            };
+            let result = completed_clone(api, &accepted.job.job_id).await;
             (result, started.elapsed())
         }
     };
@@ -1338,13 +1358,7 @@ async fn the_in_cluster_coordinator_serves_warm_clones_goes_cold_when_the_pool_i
     let mut warm_times = Vec::new();
     let mut kept = None;
     for sample in 0..warm_samples.max(1) {
-        // The coordinator learns of the WARM pod at its next capacity poll.
-        eventually(
-            "the coordinator sees a warm pod",
-            Duration::from_secs(120),
-            || async { (api.pool().await.ok()?.warm_total >= 1).then_some(()) },
-        )
-        .await;
+        coordinator_sees_warm_pod(&api).await;
         let last = sample + 1 == warm_samples.max(1);
         let (result, took) = clone(if last { 10 } else { 60 }).await;
         assert_eq!(result.path, ClonePath::Warm, "{result:?}");
@@ -1529,7 +1543,7 @@ async fn coordinator_restarts(pods: &Api<Pod>, pod: &str) -> Option<i32> {
 #[tokio::test]
 #[ignore = "needs Docker and the workload image: run scripts/test"]
 async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with_the_state() {
-    use clonepool_common::api::{CloneRequest, CloneStatus, JobResult, JobState};
+    use clonepool_common::api::{CloneRequest, CloneStatus, JobState};
     use k8s_openapi::api::apps::v1::Deployment;
 
     let Some((client, node)) = cluster().await else {
@@ -1596,12 +1610,7 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
     let (forward, api) = coordinator_api(&release, &ca).await;
     let agent = release_agent(&client, &release).await;
     agent.wait_warm(1).await;
-    eventually(
-        "the leader sees a warm pod",
-        Duration::from_secs(120),
-        || async { (api.pool().await.ok()?.warm_total >= 1).then_some(()) },
-    )
-    .await;
+    coordinator_sees_warm_pod(&api).await;
     let request = CloneRequest {
         source_url: "https://source.test/".into(),
         source_username: "admin".into(),
@@ -1610,19 +1619,7 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
         ttl_minutes: Some(60),
     };
     let accepted = api.clone_site(&request, None).await.expect("accepted");
-    let status = api
-        .wait_job(
-            &accepted.job.job_id,
-            Duration::from_millis(50),
-            Duration::from_secs(300),
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(status.status, JobState::Completed, "{status:?}");
-    let Some(JobResult::Clone(clone)) = status.result else {
-        panic!("no clone result: {status:?}");
-    };
+    let clone = completed_clone(&api, &accepted.job.job_id).await;
     drop(forward);
 
     // The leader's Pod goes (as in a rollout or a drain): it hands the Lease over as it stops,
@@ -1669,12 +1666,7 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
     .await;
     assert_eq!(info.end_reason.as_deref(), Some("deleted"));
     agent.wait_warm(1).await;
-    eventually(
-        "the new leader sees the warm pod again",
-        Duration::from_secs(120),
-        || async { (api.pool().await.ok()?.warm_total >= 1).then_some(()) },
-    )
-    .await;
+    coordinator_sees_warm_pod(&api).await;
 
     // The leader is killed (SIGKILL, no handover) right after accepting a clone: whichever
     // replica leads next (the restarted container under the same Pod name, or the standby once
@@ -1714,19 +1706,7 @@ async fn two_coordinator_replicas_elect_one_leader_and_a_standby_takes_over_with
         killed.elapsed()
     );
     let (forward, api) = coordinator_api(&release, &ca).await;
-    let status = api
-        .wait_job(
-            &accepted.job.job_id,
-            Duration::from_millis(100),
-            Duration::from_secs(300),
-            |_| {},
-        )
-        .await
-        .unwrap();
-    assert_eq!(status.status, JobState::Completed, "{status:?}");
-    let Some(JobResult::Clone(recovered)) = status.result else {
-        panic!("no clone result: {status:?}");
-    };
+    let recovered = completed_clone(&api, &accepted.job.job_id).await;
     let info = api.clone_info(&recovered.clone_id).await.unwrap();
     assert_eq!(info.status, CloneStatus::Ready, "{info:?}");
     api.delete(&recovered.clone_id).await.unwrap();
