@@ -1,7 +1,8 @@
 //! The clonepool coordinator: the HTTPS API users call, the durable job engine, the agent
 //! registry and router, the cold fallback, the TTL reaper and the edge proxy — and in
-//! Kubernetes mode ([`kubernetes`]) agent discovery, a Service + Ingress per clone and cold
-//! clones as Deployments through the API server.
+//! Kubernetes mode ([`kubernetes`]) agent discovery, a Service + Ingress per clone, cold
+//! clones as Deployments through the API server, and leader election between replicas
+//! ([`leadership`]).
 //!
 //! [`start`] brings every piece up (in-process, for tests and embedding) and returns a handle
 //! with the bound addresses; [`run`] is what the binary calls.
