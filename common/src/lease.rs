@@ -23,6 +23,15 @@ pub enum LeaseError {
     Api { name: String, source: kube::Error },
 }
 
+/// What one attempt at the Lease found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attempt {
+    /// This holder has the Lease now.
+    Held,
+    /// Another live holder has it: its name, unless the attempt lost a race it did not see.
+    Taken(Option<String>),
+}
+
 /// One Lease, held (or waited for) by one `holder` (its Pod's name).
 #[derive(Clone)]
 pub struct HeldLease {
@@ -108,9 +117,9 @@ impl HeldLease {
         }
     }
 
-    /// One attempt to take or renew the Lease: `Ok(true)` when this holder holds it now,
-    /// `Ok(false)` when another live holder does.
-    pub async fn try_acquire(&self) -> Result<bool, LeaseError> {
+    /// One attempt to take or renew the Lease, answering who has it afterwards (from the same
+    /// read, so waiting callers learn the holder without asking again).
+    pub async fn try_acquire(&self) -> Result<Attempt, LeaseError> {
         let current = self
             .api
             .get_opt(&self.name)
@@ -125,14 +134,15 @@ impl HeldLease {
                 spec: Some(self.spec(None, 0)),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
+                Ok(_) => Ok(Attempt::Held),
                 // Someone created it meanwhile: look again next time.
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Taken(None)),
                 Err(e) => Err(self.api_error(e)),
             };
         };
         if !available(lease.spec.as_ref(), &self.holder, Timestamp::now()) {
-            return Ok(false);
+            let holder = lease.spec.and_then(|spec| spec.holder_identity);
+            return Ok(Attempt::Taken(holder));
         }
         let previous = lease.spec.clone().unwrap_or_default();
         let ours = previous.holder_identity.as_deref() == Some(self.holder.as_str());
@@ -145,8 +155,8 @@ impl HeldLease {
             .replace(&self.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Ok(_) => Ok(Attempt::Held),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Taken(None)),
             Err(e) => Err(self.api_error(e)),
         }
     }
@@ -156,14 +166,17 @@ impl HeldLease {
     pub async fn acquire(&self) -> Result<(), LeaseError> {
         let mut logged = false;
         loop {
-            if self.try_acquire().await? {
-                tracing::info!(lease = %self.name, holder = %self.holder, "holding the Lease");
-                return Ok(());
-            }
-            if !logged {
-                tracing::warn!(lease = %self.name, holder = ?self.current_holder().await,
-                    "another holder has the Lease; waiting for it");
-                logged = true;
+            match self.try_acquire().await? {
+                Attempt::Held => {
+                    tracing::info!(lease = %self.name, holder = %self.holder, "holding the Lease");
+                    return Ok(());
+                }
+                Attempt::Taken(holder) if !logged => {
+                    tracing::warn!(lease = %self.name, holder = ?holder,
+                        "another holder has the Lease; waiting for it");
+                    logged = true;
+                }
+                Attempt::Taken(_) => {}
             }
             tokio::time::sleep(Duration::from_secs(2)).await;
         }
@@ -171,13 +184,15 @@ impl HeldLease {
 
     /// Renews the Lease; `Lost` when another holder has it now.
     pub async fn renew(&self) -> Result<(), LeaseError> {
-        if self.try_acquire().await? {
-            return Ok(());
-        }
-        let holder = self
-            .current_holder()
-            .await
-            .unwrap_or_else(|| "another holder".to_string());
+        let holder = match self.try_acquire().await? {
+            Attempt::Held => return Ok(()),
+            Attempt::Taken(Some(holder)) => holder,
+            // Lost a race: ask who won.
+            Attempt::Taken(None) => self
+                .current_holder()
+                .await
+                .unwrap_or_else(|| "another holder".to_string()),
+        };
         Err(LeaseError::Lost {
             name: self.name.clone(),
             holder,

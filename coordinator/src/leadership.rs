@@ -11,7 +11,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use clonepool_common::lease::{HeldLease, LeaseError};
+use clonepool_common::lease::{Attempt, HeldLease, LeaseError};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,16 +83,17 @@ impl Leadership {
         let mut said_who = None;
         loop {
             match self.lease.try_acquire().await {
-                Ok(true) => break,
-                Ok(false) => {
-                    let holder = self.lease.current_holder().await;
-                    if holder != said_who {
-                        tracing::info!(lease = %self.lease.name(), leader = ?holder,
+                Ok(Attempt::Held) => break,
+                Ok(Attempt::Taken(Some(holder))) => {
+                    if said_who.as_ref() != Some(&holder) {
+                        tracing::info!(lease = %self.lease.name(), leader = %holder,
                             "standing by: another replica leads");
-                        said_who = holder.clone();
+                        said_who = Some(holder.clone());
                     }
-                    *state.leader.lock().expect("leader name lock") = holder;
+                    *state.leader.lock().expect("leader name lock") = Some(holder);
                 }
+                // Lost a race to another replica: the next attempt reads who won.
+                Ok(Attempt::Taken(None)) => {}
                 // The API server may be restarting: keep standing by rather than exit.
                 Err(err) => {
                     tracing::warn!(lease = %self.lease.name(), error = %err, "cannot read the leader Lease; trying again")
