@@ -7,7 +7,7 @@ use crate::store::Store;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, MethodRouter};
 use axum::Router;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,12 +22,33 @@ pub struct AdminState {
 }
 
 pub fn router(state: AdminState) -> Router {
+    routes(get(live), get(ready), get(metrics)).with_state(state)
+}
+
+/// The admin port's paths, with the handlers of whoever serves it (the coordinator, or a
+/// standby replica waiting for the leader Lease): one set of paths for probes and scrapes.
+pub fn routes<S: Clone + Send + Sync + 'static>(
+    live: MethodRouter<S>,
+    ready: MethodRouter<S>,
+    metrics: MethodRouter<S>,
+) -> Router<S> {
     Router::new()
-        .route("/healthz", get(live))
-        .route("/livez", get(live))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+        .route("/healthz", live.clone())
+        .route("/livez", live)
+        .route("/readyz", ready)
+        .route("/metrics", metrics)
+}
+
+/// `metrics` encoded as an OpenMetrics response.
+pub fn metrics_response(metrics: &Metrics) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        metrics.encode(),
+    )
+        .into_response()
 }
 
 async fn live() -> &'static str {
@@ -57,12 +78,5 @@ async fn metrics(State(state): State<AdminState>) -> Response {
     let agents = state.registry.snapshot();
     let up = agents.iter().filter(|a| a.up).count();
     state.metrics.set_agents(up, agents.len() - up);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    metrics_response(&state.metrics)
 }

@@ -5,9 +5,10 @@
 //! that can no longer renew stops at once (before the Lease lapses, so two never write at the
 //! same time); the next leader recovers the jobs it left running.
 
+use crate::admin;
 use crate::metrics::Metrics;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -119,12 +120,7 @@ impl Leadership {
 }
 
 fn standby_router(state: StandbyState) -> Router {
-    Router::new()
-        .route("/healthz", get(live))
-        .route("/livez", get(live))
-        .route("/readyz", get(ready))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    admin::routes(get(live), get(ready), get(metrics)).with_state(state)
 }
 
 async fn live() -> &'static str {
@@ -141,14 +137,7 @@ async fn ready(State(state): State<StandbyState>) -> Response {
 }
 
 async fn metrics(State(state): State<StandbyState>) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.metrics.encode(),
-    )
-        .into_response()
+    admin::metrics_response(&state.metrics)
 }
 
 /// This replica's default identity: the host name (a Pod's name inside a cluster).
