@@ -441,10 +441,6 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
         return;
     };
     let _heavy = HEAVY.lock().await;
-    let workload = workload_image();
-    let image = clonepool_image();
-    let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
-    let (workload_repo, workload_tag) = workload.rsplit_once(':').expect("workload tag");
     let resets: usize = std::env::var("CLONEPOOL_KUBE_RESETS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -454,21 +450,12 @@ async fn the_chart_runs_agents_whose_warm_pods_serve_clones_and_reset_through_th
         std::env::var("CLONEPOOL_KUBE_RESET_METHOD").unwrap_or_else(|_| "sql".to_string());
 
     let release = new_release("cpe2e", "e2e");
-    let agent_dir = release.data_dir.join("agent");
     let chart = repo().join("charts/clonepool");
-    let sets = [
-        format!("images.clonepool.repository={image_repo}"),
-        format!("images.clonepool.tag={image_tag}"),
-        format!("images.workload.repository={workload_repo}"),
-        format!("images.workload.tag={workload_tag}"),
-        format!("clones.namespace={}", release.clones),
-        "agent.warmTarget=2".to_string(),
-        "agent.maxPods=2".to_string(),
-        format!("agent.dataDir={}", agent_dir.display()),
-        "agent.podLabels[0]=clonepool.test=true".to_string(),
+    let mut sets = release_sets(&release, 2);
+    sets.extend([
         "coordinator.persistence.type=emptyDir".to_string(),
         format!("agent.resetMethod={reset_method}"),
-    ];
+    ]);
     helm_install(&release, &sets);
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &release.namespace);
@@ -1065,10 +1052,10 @@ fn new_release(short: &str, long: &str) -> Release {
     }
 }
 
-/// The `--set`s of an in-cluster coordinator test: this build's images, one warm Pod and room
-/// for no other, fresh-site clones (a cold Deployment cannot import a source yet) from
-/// `https://source.test/`.
-fn one_warm_pod_sets(release: &Release) -> Vec<String> {
+/// The `--set`s every chart test installs with: this build's images, the release's clones
+/// namespace and agent data dir, test-labelled warm Pods, `warm_pods` of them and room for no
+/// other.
+fn release_sets(release: &Release, warm_pods: u32) -> Vec<String> {
     let workload = workload_image();
     let image = clonepool_image();
     let (image_repo, image_tag) = image.rsplit_once(':').expect("image reference with a tag");
@@ -1079,13 +1066,22 @@ fn one_warm_pod_sets(release: &Release) -> Vec<String> {
         format!("images.workload.repository={workload_repo}"),
         format!("images.workload.tag={workload_tag}"),
         format!("clones.namespace={}", release.clones),
-        "agent.warmTarget=1".to_string(),
-        "agent.maxPods=1".to_string(),
+        format!("agent.warmTarget={warm_pods}"),
+        format!("agent.maxPods={warm_pods}"),
         format!("agent.dataDir={}", release.data_dir.join("agent").display()),
         "agent.podLabels[0]=clonepool.test=true".to_string(),
+    ]
+}
+
+/// The `--set`s of an in-cluster coordinator test: one warm Pod and room for no other,
+/// fresh-site clones (a cold Deployment cannot import a source yet) from `https://source.test/`.
+fn one_warm_pod_sets(release: &Release) -> Vec<String> {
+    let mut sets = release_sets(release, 1);
+    sets.extend([
         "coordinator.sourceImport=false".to_string(),
         "coordinator.urlAllowHosts[0]=source.test".to_string(),
-    ]
+    ]);
+    sets
 }
 
 /// Waits for the job `job_id` and answers its clone result; fails the test unless it completed.
