@@ -153,10 +153,24 @@ impl Drop for Proc {
     }
 }
 
+/// The last `lines` lines of the log at `path`, without the frames of a panic's backtrace: a
+/// child that panicked shows its panic message rather than thirty lines of tokio internals.
 pub fn log_tail(path: &Path, lines: usize) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    let kept: Vec<&str> = text.lines().filter(|l| !is_backtrace_frame(l)).collect();
+    kept[kept.len().saturating_sub(lines)..].join("\n")
+}
+
+/// `  12: tokio::runtime::...` or `             at /root/.cargo/...`.
+fn is_backtrace_frame(line: &str) -> bool {
+    let trimmed = line.trim_start();
+    if trimmed.len() == line.len() {
+        return false;
+    }
+    trimmed.starts_with("at ")
+        || trimmed
+            .split_once(": ")
+            .is_some_and(|(n, _)| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// VmRSS of process `pid`, in bytes.
@@ -172,12 +186,48 @@ pub fn open_fds(pid: u32) -> Option<usize> {
     Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
 }
 
-/// A TCP port free on 127.0.0.1 right now.
+/// Where [`free_port`] looks: below Kubernetes' NodePort range (30000-32767) and the usual start
+/// of the kernel's ephemeral range (32768).
+const TEST_PORTS: std::ops::Range<u16> = 20000..30000;
+
+/// A TCP port free on 127.0.0.1 right now, never one the same test process handed out before, and
+/// outside the kernel's ephemeral range. A process killed and restarted on a port from
+/// `bind(0)` can find it taken in between: any outgoing connection may get it as its local port,
+/// and keeps it for a minute in TIME_WAIT, which blocks `bind` even with SO_REUSEADDR.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port on 127.0.0.1")
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::OnceLock;
+    let range = match ephemeral_start() {
+        Some(start) if start > TEST_PORTS.start => TEST_PORTS.start..start.min(TEST_PORTS.end),
+        // An unusual ephemeral range leaves no room below it: take what the kernel gives.
+        _ => {
+            return std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port on 127.0.0.1")
+        }
+    };
+    // Random start: test binaries run one after another, each from the beginning of its own walk.
+    static NEXT: OnceLock<AtomicU16> = OnceLock::new();
+    let next = NEXT.get_or_init(|| AtomicU16::new(rand::random::<u16>()));
+    let size = range.end - range.start;
+    for _ in 0..size {
+        let port = range.start + next.fetch_add(1, Ordering::Relaxed) % size;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {range:?}");
+}
+
+/// The first port of the kernel's ephemeral range (`net.ipv4.ip_local_port_range`).
+fn ephemeral_start() -> Option<u16> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// The body of the child test of a test binary that starts processes through
@@ -255,4 +305,48 @@ async fn run_coordinator() {
     clonepool_coordinator::run(config, terminated())
         .await
         .expect("the coordinator runs");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tail_shows_the_panic_message_above_its_backtrace() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("child.log");
+        let mut text = String::from(
+            "INFO starting\nthread 'child' panicked at procs.rs:1:1:\nthe coordinator runs: Bind { what: \"API\" }\nstack backtrace:\n",
+        );
+        for frame in 0..40 {
+            text.push_str(&format!(
+                "  {frame}: tokio::runtime::frame{frame}\n             at /root/.cargo/x.rs:{frame}:5\n"
+            ));
+        }
+        text.push_str("note: Some details are omitted\n");
+        std::fs::write(&log, text).unwrap();
+        let tail = log_tail(&log, 4);
+        assert_eq!(
+            tail,
+            "thread 'child' panicked at procs.rs:1:1:\nthe coordinator runs: Bind { what: \"API\" }\nstack backtrace:\nnote: Some details are omitted",
+        );
+        // A plain log line that happens to hold ": " after a number stays.
+        std::fs::write(&log, "2026-12-06 10: ready\n  indented: detail\n").unwrap();
+        assert_eq!(
+            log_tail(&log, 5),
+            "2026-12-06 10: ready\n  indented: detail"
+        );
+    }
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..20).map(|_| free_port()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        let ephemeral = ephemeral_start().expect("ip_local_port_range");
+        for port in ports {
+            assert!(port < ephemeral, "{port} is in the ephemeral range");
+            std::net::TcpListener::bind(("127.0.0.1", port)).expect("still free");
+        }
+    }
 }

@@ -9,6 +9,7 @@ use clonepool_agent::runtime::FakeRuntime;
 use clonepool_common::agent_api::{Capacity, ClaimResponse, PodSummary, ReleaseResponse};
 use clonepool_common::error::ErrorBody;
 use clonepool_common::pod::PodState;
+use clonepool_e2e::procs::free_port;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -469,14 +470,6 @@ async fn capacity_is_pushed_to_the_coordinator_with_the_agent_token() {
     assert_eq!(auth, format!("Bearer {}", agent.token.expose()));
     assert_eq!(cap.node, NODE);
     agent.shutdown(Duration::from_secs(5)).await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Kills the agent process if a test fails before it stopped it.

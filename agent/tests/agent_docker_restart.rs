@@ -7,18 +7,10 @@ mod agent_docker_support;
 use agent_docker_support::*;
 use clonepool_common::agent_api::{Capacity, ClaimResponse, PodSummary};
 use clonepool_common::pod::{ContainerRole, PodState};
-use std::net::TcpListener;
+use clonepool_e2e::procs::free_port;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Agent {
     child: Child,

@@ -8,6 +8,7 @@ mod coordinator_support;
 use clonepool_common::api::{ClonePath, CloneRequest, CloneStatus, JobResult, JobState, JobStatus};
 use clonepool_common::pod::PodState;
 use clonepool_coordinator::client::ApiClient;
+use clonepool_e2e::procs::free_port;
 use coordinator_support::*;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
@@ -618,14 +619,6 @@ impl Drop for ChildCoordinator {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn spawn_coordinator(env: &[(&str, String)], log: &std::path::Path) -> ChildCoordinator {
