@@ -207,7 +207,8 @@ pub fn free_port() -> u16 {
                 .expect("a free port on 127.0.0.1")
         }
     };
-    // Random start: test binaries run one after another, each from the beginning of its own walk.
+    // A random start per test process: the next test binary does not walk onto the ports (and
+    // their TIME_WAIT connections) of the one before.
     static NEXT: OnceLock<AtomicU16> = OnceLock::new();
     let next = NEXT.get_or_init(|| AtomicU16::new(rand::random::<u16>()));
     let size = range.end - range.start;
