@@ -81,17 +81,19 @@ impl Leadership {
                 tracing::warn!(error = %err, "the standby admin listener stopped");
             }
         });
-        let mut said_who = None;
         loop {
             match self.lease.try_acquire().await {
                 Ok(Attempt::Held) => break,
                 Ok(Attempt::Taken(Some(holder))) => {
-                    if said_who.as_ref() != Some(&holder) {
+                    let previous = state
+                        .leader
+                        .lock()
+                        .expect("leader name lock")
+                        .replace(holder.clone());
+                    if previous.as_ref() != Some(&holder) {
                         tracing::info!(lease = %self.lease.name(), leader = %holder,
                             "standing by: another replica leads");
-                        said_who = Some(holder.clone());
                     }
-                    *state.leader.lock().expect("leader name lock") = Some(holder);
                 }
                 // Lost a race to another replica: the next attempt reads who won.
                 Ok(Attempt::Taken(None)) => {}
