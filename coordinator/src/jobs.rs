@@ -493,16 +493,21 @@ impl JobEngine {
             )
             .await?;
         let progress = self.progress_note(&job.id, 65);
-        let archive = source
+        let export = source
             .open_export(&login, pod_wordpress_version, &progress)
             .await
             .map_err(|err| fail(&err.code(SiteRole::Source), err.to_string()))?;
+        let with_core = export
+            .core_version
+            .as_deref()
+            .map(|version| format!(" with its WordPress {version} core"))
+            .unwrap_or_default();
         self.store
             .set_progress(
                 &job.id,
                 70,
                 format!(
-                    "Exporting {} and importing it into the clone on {node}",
+                    "Exporting {}{with_core} and importing it into the clone on {node}",
                     login.url
                 ),
                 now_ms(),
@@ -514,12 +519,15 @@ impl JobEngine {
                 format!("the agent {agent} is no longer configured"),
             )
         })?;
-        let imported = client.import(clone_id, archive).await.map_err(|err| {
-            fail(
-                "import_failed",
-                format!("importing {} into the clone failed: {err}", login.url),
-            )
-        })?;
+        let imported = client
+            .import(clone_id, export.stream)
+            .await
+            .map_err(|err| {
+                fail(
+                    "import_failed",
+                    format!("importing {} into the clone failed: {err}", login.url),
+                )
+            })?;
         self.store
             .set_progress(
                 &job.id,
@@ -554,9 +562,11 @@ impl JobEngine {
         move |message: String| {
             let store = store.clone();
             let job_id = job_id.clone();
+            // Stamped now, not when the task runs: the step that follows may be written first.
+            let made_at = now_ms();
             tokio::spawn(async move {
                 let _ = store
-                    .set_progress(&job_id, percent, message, now_ms())
+                    .note_progress(&job_id, percent, message, made_at)
                     .await;
             });
         }

@@ -698,6 +698,29 @@ impl Store {
         .await
     }
 
+    /// Like [`Store::set_progress`] for a note written from a background task: a note made at
+    /// `made_at` never overwrites a write made after it, so a slow note cannot put an older
+    /// step back over a newer one.
+    pub async fn note_progress(
+        &self,
+        job_id: &str,
+        progress: u8,
+        message: String,
+        made_at: i64,
+    ) -> Result<(), StoreError> {
+        let job_id = job_id.to_string();
+        self.write(move |conn| {
+            exec(
+                conn,
+                "UPDATE jobs SET progress = ?2, message = ?3, updated_at = ?4
+                 WHERE id = ?1 AND status = 'running' AND updated_at <= ?4",
+                params![job_id, progress, message, made_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
     /// Puts a running job back to `pending` until `not_before` after a transient failure.
     pub async fn retry_later(
         &self,
@@ -1754,6 +1777,38 @@ pub(crate) mod tests {
             .create_job(clone_job("job-3", "shop", 7))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_late_progress_note_never_puts_an_older_step_over_a_newer_one() {
+        let (_dir, store) = open_temp();
+        store.create_job(clone_job("job-1", "a", 1)).await.unwrap();
+        store.start_next_job(10).await.unwrap().unwrap();
+        store
+            .note_progress("job-1", 15, "Logging in".into(), 20)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.job("job-1").await.unwrap().unwrap().message,
+            "Logging in"
+        );
+        store
+            .set_progress("job-1", 30, "Exporting".into(), 40)
+            .await
+            .unwrap();
+        // A note made before the export step but written after it is dropped.
+        store
+            .note_progress("job-1", 15, "Logged in".into(), 30)
+            .await
+            .unwrap();
+        let job = store.job("job-1").await.unwrap().unwrap();
+        assert_eq!((job.progress, job.message.as_str()), (30, "Exporting"));
+        store
+            .note_progress("job-1", 35, "Exported 1 MB".into(), 50)
+            .await
+            .unwrap();
+        let job = store.job("job-1").await.unwrap().unwrap();
+        assert_eq!((job.progress, job.message.as_str()), (35, "Exported 1 MB"));
     }
 
     #[tokio::test]

@@ -18,6 +18,14 @@ use std::time::Duration;
 /// An archive as a byte stream (an export arriving, or an archive being pushed).
 pub type ExportStream = BoxStream<'static, Result<Bytes, std::io::Error>>;
 
+/// An export started on a source site.
+pub struct SourceExport {
+    pub stream: ExportStream,
+    /// The source's WordPress version when its core files come along (it differs from the
+    /// pods'), so the step that reads the stream can say so.
+    pub core_version: Option<String>,
+}
+
 /// The plugin's files, embedded at build time (see build.rs).
 const MIGRATOR_FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/migrator_files.rs"));
 /// Logins tried before a site's credentials are called wrong (see `browser_login`).
@@ -245,7 +253,7 @@ pub trait SiteClient: Send + Sync + 'static {
         login: &WpLogin,
         pod_wordpress_version: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<ExportStream, SiteError>;
+    ) -> Result<SourceExport, SiteError>;
 
     /// Logs in, makes sure the plugin is active, and pushes `archive` (`len` bytes) into the
     /// plugin's import, which backs up what it replaces first.
@@ -834,7 +842,7 @@ impl SiteClient for HttpSiteClient {
         login: &WpLogin,
         pod_wordpress_version: Option<&str>,
         progress: Progress<'_>,
-    ) -> Result<ExportStream, SiteError> {
+    ) -> Result<SourceExport, SiteError> {
         let (session, info) = self.session(login, progress).await?;
         let core = pod_wordpress_version
             .is_some_and(|pod| !info.wordpress_version.is_empty() && info.wordpress_version != pod);
@@ -866,12 +874,16 @@ impl SiteClient for HttpSiteClient {
             )));
         }
         let url = session.base.clone();
-        Ok(export
+        let stream = export
             .bytes_stream()
             .map_err(move |e| {
                 std::io::Error::other(format!("the export from {url} broke off: {}", describe(&e)))
             })
-            .boxed())
+            .boxed();
+        Ok(SourceExport {
+            stream,
+            core_version: core.then_some(info.wordpress_version),
+        })
     }
 
     async fn push_import(
@@ -1077,12 +1089,16 @@ pub mod fake {
             login: &WpLogin,
             _pod_wordpress_version: Option<&str>,
             _progress: Progress<'_>,
-        ) -> Result<ExportStream, SiteError> {
+        ) -> Result<SourceExport, SiteError> {
             self.opened.lock().unwrap().push(login.url.clone());
             if let Some(err) = self.fail.lock().unwrap().clone() {
                 return Err(err);
             }
-            Ok(futures_util::stream::once(async { Ok(Bytes::from_static(b"archive")) }).boxed())
+            Ok(SourceExport {
+                stream: futures_util::stream::once(async { Ok(Bytes::from_static(b"archive")) })
+                    .boxed(),
+                core_version: None,
+            })
         }
 
         async fn push_import(
