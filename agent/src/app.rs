@@ -15,7 +15,7 @@ use prometheus_client::registry::Registry;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,14 +70,17 @@ pub fn load_or_create_token(path: &Path) -> Result<Secret, AppError> {
                 ensure_private_dir(dir)?;
             }
             let token = Secret::generate(TOKEN_LEN);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(err)?;
+            // Written aside (0600) and linked into place only when complete: an agent killed
+            // mid-write must not leave an empty token file that stops the next start.
+            let dir = path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            let mut file = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
             file.write_all(format!("{}\n", token.expose()).as_bytes())
                 .map_err(err)?;
+            file.as_file().sync_all().map_err(err)?;
+            file.persist_noclobber(path).map_err(|e| err(e.error))?;
             tracing::info!(path = %path.display(), "generated a new API token");
             Ok(token)
         }
@@ -301,4 +304,41 @@ pub async fn start(
         cancel,
         tasks,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_token_is_private_complete_and_read_back_the_next_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("token");
+        let first = load_or_create_token(&path).unwrap();
+        assert!(first.expose().len() >= 32, "a long random token");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap().trim(),
+            first.expose()
+        );
+        // Nothing left beside it from writing it aside first.
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("token")]);
+        let again = load_or_create_token(&path).unwrap();
+        assert_eq!(again.expose(), first.expose());
+    }
+
+    #[test]
+    fn an_empty_token_file_is_a_clear_error_not_an_empty_token() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token");
+        std::fs::write(&path, "\n").unwrap();
+        let err = load_or_create_token(&path).unwrap_err();
+        assert!(matches!(err, AppError::EmptyToken(_)), "{err}");
+        assert!(err.to_string().contains("remove it"), "{err}");
+    }
 }

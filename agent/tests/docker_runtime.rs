@@ -374,7 +374,7 @@ async fn exec_honours_its_timeout() {
         other => panic!("expected ExecTimeout, got {other:?}"),
     }
     assert!(took >= Duration::from_secs(1), "gave up early: {took:?}");
-    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(took < Duration::from_secs(10), "took {took:?}");
 
     let list = "for p in /proc/[0-9]*; do cat $p/cmdline 2>/dev/null | tr '\\0' ' '; echo; done";
     let processes = exec(&rt, pod, ContainerRole::Web, &["sh", "-c", list]).await;
@@ -707,7 +707,7 @@ async fn events_report_a_killed_container() {
         .unwrap();
 
     let mut seen = Vec::new();
-    let died = tokio::time::timeout(Duration::from_secs(5), async {
+    let died = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(event) = events.next().await {
             let event = event.expect("event");
             seen.push(event.clone());
@@ -720,7 +720,7 @@ async fn events_report_a_killed_container() {
         panic!("the event stream ended");
     })
     .await
-    .unwrap_or_else(|_| panic!("no Died event within 5 s; saw {seen:?}"));
+    .unwrap_or_else(|_| panic!("no Died event within 20 s; saw {seen:?}"));
     assert_eq!(died, Some(137));
     // The starts of both containers came through the same stream before.
     for role in [ContainerRole::Db, ContainerRole::Web] {

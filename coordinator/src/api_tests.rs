@@ -216,14 +216,15 @@ async fn with_the_pool_exhausted_the_next_clone_goes_cold_and_a_full_node_fails_
 
 #[tokio::test]
 async fn ttl_expiry_releases_the_clone_once_and_returns_its_pod() {
-    // A TTL minute of 100 ms: a 5-minute clone lives half a second.
-    let h = harness_with(1, 1, |c| c.ttl_minute_ms = 100).await;
+    // A TTL minute of 400 ms: a 5-minute clone lives two seconds, long enough that the
+    // claimed pod is still out when the test reads the job as completed.
+    let h = harness_with(1, 1, |c| c.ttl_minute_ms = 400).await;
     let mut request = clone_request(Some("brief"));
     request.ttl_minutes = Some(5);
     let job = h.api.clone_site(&request, None).await.unwrap();
     assert_eq!(h.wait(&job.job.job_id).await.status, JobState::Completed);
     assert_eq!(h.agent.with(|s| s.warm), 0);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let info = h.api.clone_info("brief").await.unwrap();
         if info.status == CloneStatus::Released {
@@ -292,8 +293,9 @@ async fn a_full_queue_answers_429_and_pending_jobs_can_be_cancelled() {
         c.max_concurrent_jobs = 1;
     })
     .await;
+    // Slow enough that the queue is still full after five requests on a loaded machine.
     h.agent
-        .with(|s| s.claim_delay = Some(Duration::from_secs(2)));
+        .with(|s| s.claim_delay = Some(Duration::from_secs(5)));
     let mut accepted = Vec::new();
     let mut refused = 0;
     for i in 0..5 {

@@ -427,13 +427,18 @@ impl JobEngine {
         let done_at = now_ms();
         match self
             .until_recorded(&job.id, "completion", || {
-                self.store
-                    .complete_clone_job(&job.id, clone.id, outcome.clone(), done_at)
+                let edge = self.edge.clone();
+                self.store.complete_clone_job(
+                    &job.id,
+                    clone.id,
+                    outcome.clone(),
+                    done_at,
+                    move |ready| edge.insert(ready),
+                )
             })
             .await
         {
             Some((done, clone)) => {
-                self.edge.insert(&clone);
                 let seconds = (done.updated_at - done.created_at).max(0) as f64 / 1000.0;
                 self.metrics.observe_clone(path, seconds);
                 self.metrics
@@ -1585,7 +1590,8 @@ mod tests {
     #[tokio::test]
     async fn the_dispatcher_runs_queued_jobs_concurrently_and_drains_on_shutdown() {
         let agent = FakeAgent::new("http://a", "node-a", 10, 10);
-        agent.with(|s| s.claim_delay = Some(Duration::from_millis(50)));
+        // Claims long enough that the slots overlap even when a thread stalls for a while.
+        agent.with(|s| s.claim_delay = Some(Duration::from_millis(200)));
         let h = harness(std::slice::from_ref(&agent), 3).await;
         for i in 0..8 {
             h.store

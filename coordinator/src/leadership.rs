@@ -21,6 +21,8 @@ use tokio::sync::watch;
 
 /// How often a standby tries to take the Lease.
 const STANDBY_POLL: Duration = Duration::from_secs(2);
+/// How soon a standby that lost a race for the Lease reads who won it.
+const RACE_REREAD: Duration = Duration::from_millis(200);
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeadershipError {
@@ -82,6 +84,7 @@ impl Leadership {
             }
         });
         loop {
+            let mut next_attempt = STANDBY_POLL;
             match self.lease.try_acquire().await {
                 Ok(Attempt::Held) => break,
                 Ok(Attempt::Taken(Some(holder))) => {
@@ -95,14 +98,14 @@ impl Leadership {
                             "standing by: another replica leads");
                     }
                 }
-                // Lost a race to another replica: the next attempt reads who won.
-                Ok(Attempt::Taken(None)) => {}
+                // Lost a race to another replica: the next attempt, soon, reads who won.
+                Ok(Attempt::Taken(None)) => next_attempt = RACE_REREAD,
                 // The API server may be restarting: keep standing by rather than exit.
                 Err(err) => {
                     tracing::warn!(lease = %self.lease.name(), error = %err, "cannot read the leader Lease; trying again")
                 }
             }
-            tokio::time::sleep(STANDBY_POLL).await;
+            tokio::time::sleep(next_attempt).await;
         }
         let _ = stop_tx.send(true);
         let _ = server.await;

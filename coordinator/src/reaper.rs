@@ -284,6 +284,7 @@ mod tests {
                     magic_login_url: None,
                 },
                 now,
+                |_| {},
             )
             .await
             .unwrap()

@@ -1002,12 +1002,15 @@ impl Store {
 
     /// Completes a running clone job: the clone becomes `ready` with its pod, and the job
     /// `completed` with the result. Returns `None` when the job was no longer running.
+    /// `on_ready` sees the ready clone just before the change commits, so whatever it sets up
+    /// (the edge's route) is in place for a client that reads the job as completed.
     pub async fn complete_clone_job(
         &self,
         job_id: &str,
         clone_row: i64,
         claim: ClaimOutcome,
         now: i64,
+        on_ready: impl FnOnce(&CloneRow) + Send + 'static,
     ) -> Result<Option<(JobRow, CloneRow)>, StoreError> {
         let job_id = job_id.to_string();
         let minute_ms = self.inner.minute_ms;
@@ -1071,6 +1074,9 @@ impl Store {
             forget_request_secrets(&tx, &job_id)?;
             let job = job_by_id(&tx, &job_id)?;
             let clone = clone_by_row(&tx, clone_row)?;
+            if let Some(clone) = &clone {
+                on_ready(clone);
+            }
             tx.commit()?;
             Ok(job.zip(clone))
         })
@@ -1695,7 +1701,7 @@ pub(crate) mod tests {
                     let started = store.start_next_job(2).await.unwrap().unwrap();
                     let row = store.clone_for_job(&started.id).await.unwrap().unwrap().id;
                     store
-                        .complete_clone_job(id, row, claim("http://a"), 3)
+                        .complete_clone_job(id, row, claim("http://a"), 3, |_| {})
                         .await
                         .unwrap()
                         .unwrap();
@@ -1764,7 +1770,7 @@ pub(crate) mod tests {
         let job = store.start_next_job(3).await.unwrap().unwrap();
         let clone = store.clone_for_job(&job.id).await.unwrap().unwrap();
         store
-            .complete_clone_job(&job.id, clone.id, claim("a"), 4)
+            .complete_clone_job(&job.id, clone.id, claim("a"), 4, |_| {})
             .await
             .unwrap()
             .unwrap();
@@ -1777,6 +1783,36 @@ pub(crate) mod tests {
             .create_job(clone_job("job-3", "shop", 7))
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_ready_hook_sees_the_ready_clone_only_when_the_job_completes() {
+        let (_dir, store) = open_temp();
+        store.create_job(clone_job("job-1", "a", 1)).await.unwrap();
+        let job = store.start_next_job(1).await.unwrap().unwrap();
+        let clone = store.clone_for_job(&job.id).await.unwrap().unwrap();
+        type Seen = Arc<Mutex<Vec<(CloneStatus, Option<String>)>>>;
+        let seen: Seen = Arc::default();
+        let record = |seen: &Seen| {
+            let seen = seen.clone();
+            move |c: &CloneRow| seen.lock().unwrap().push((c.status, c.endpoint.clone()))
+        };
+        store
+            .complete_clone_job(&job.id, clone.id, claim("x"), 2, record(&seen))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            *seen.lock().unwrap(),
+            vec![(CloneStatus::Ready, Some(claim("x").endpoint))]
+        );
+        // A second completion of the same job changes nothing and calls nothing.
+        assert!(store
+            .complete_clone_job(&job.id, clone.id, claim("y"), 3, record(&seen))
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(seen.lock().unwrap().len(), 1);
     }
 
     #[tokio::test]
@@ -1905,7 +1941,7 @@ pub(crate) mod tests {
         let job = store.start_next_job(1).await.unwrap().unwrap();
         let clone = store.clone_for_job(&job.id).await.unwrap().unwrap();
         store
-            .complete_clone_job(&job.id, clone.id, claim("x"), 1)
+            .complete_clone_job(&job.id, clone.id, claim("x"), 1, |_| {})
             .await
             .unwrap();
         let later = 1 + 31 * 60_000;
@@ -1949,7 +1985,7 @@ pub(crate) mod tests {
         let job = store.start_next_job(0).await.unwrap().unwrap();
         let clone = store.clone_for_job(&job.id).await.unwrap().unwrap();
         store
-            .complete_clone_job(&job.id, clone.id, claim("x"), 0)
+            .complete_clone_job(&job.id, clone.id, claim("x"), 0, |_| {})
             .await
             .unwrap();
         let ExtendOutcome::Extended(clone) = store.extend_clone("a", 60, 1440, 0).await.unwrap()
