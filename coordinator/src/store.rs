@@ -685,17 +685,8 @@ impl Store {
         message: String,
         now: i64,
     ) -> Result<(), StoreError> {
-        let job_id = job_id.to_string();
-        self.write(move |conn| {
-            exec(
-                conn,
-                "UPDATE jobs SET progress = ?2, message = ?3, updated_at = ?4
-                 WHERE id = ?1 AND status = 'running'",
-                params![job_id, progress, message, now],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write_progress(job_id, progress, message, now, true)
+            .await
     }
 
     /// Like [`Store::set_progress`] for a note written from a background task: a note made at
@@ -708,13 +699,25 @@ impl Store {
         message: String,
         made_at: i64,
     ) -> Result<(), StoreError> {
+        self.write_progress(job_id, progress, message, made_at, false)
+            .await
+    }
+
+    async fn write_progress(
+        &self,
+        job_id: &str,
+        progress: u8,
+        message: String,
+        at: i64,
+        over_newer_writes: bool,
+    ) -> Result<(), StoreError> {
         let job_id = job_id.to_string();
         self.write(move |conn| {
             exec(
                 conn,
                 "UPDATE jobs SET progress = ?2, message = ?3, updated_at = ?4
-                 WHERE id = ?1 AND status = 'running' AND updated_at <= ?4",
-                params![job_id, progress, message, made_at],
+                 WHERE id = ?1 AND status = 'running' AND (?5 OR updated_at <= ?4)",
+                params![job_id, progress, message, at, over_newer_writes],
             )?;
             Ok(())
         })
