@@ -66,17 +66,15 @@ pub fn load_or_create_token(path: &Path) -> Result<Secret, AppError> {
             Ok(Secret::new(token))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+            if let Some(dir) = dir {
                 ensure_private_dir(dir)?;
             }
             let token = Secret::generate(TOKEN_LEN);
             // Written aside (0600) and linked into place only when complete: an agent killed
             // mid-write must not leave an empty token file that stops the next start.
-            let dir = path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            let mut file = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+            let mut file =
+                tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new("."))).map_err(err)?;
             file.write_all(format!("{}\n", token.expose()).as_bytes())
                 .map_err(err)?;
             file.as_file().sync_all().map_err(err)?;
